@@ -1,0 +1,110 @@
+"""``ferroloop.Loop``: the native loop core plus asyncio's own cold paths.
+
+The class inherits from the native :class:`~ferroloop._ferroloop.LoopCore` first, so
+scheduling, the run loop, ``time()``, ``create_future()``, ``stop()`` and the debug flag
+are Rust; and from :class:`asyncio.BaseEventLoop` second, so task creation and task
+factories, exception handlers, executors, ``run_until_complete``, async-generator
+shutdown and everything else not on the hot path is the stock implementation, with the
+stock behaviour and error messages by construction.
+
+What is written here is the glue those two halves need: ``run_forever``'s set-up and
+tear-down around the native loop body, ``close``, and the signal wake-up descriptor.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from asyncio import base_events, events
+from asyncio.log import logger
+
+from ._ferroloop import LoopCore
+
+__all__ = ["Loop"]
+
+
+class Loop(LoopCore, base_events.BaseEventLoop):
+    """An asyncio event loop whose core is written in Rust."""
+
+    def __init__(self) -> None:
+        base_events.BaseEventLoop.__init__(self)
+        # The pure-Python scheduler's queues: the native core keeps its own, and stale
+        # empty copies would only mislead code that inspects them.
+        del self._ready, self._scheduled, self._timer_cancelled_count
+        self._old_agen_hooks = None
+        self._old_wakeup_fd: int | None = None
+
+    # -- running -----------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Run until :meth:`stop` is called."""
+        try:
+            self._run_forever_setup()
+            self._run_forever_core()
+        finally:
+            self._run_forever_cleanup()
+
+    def _run_forever_setup(self) -> None:
+        # The hook pair CPython 3.13 introduced for loops embedded in GUI toolkits;
+        # provided on every version so such integrations work here too.
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter_hook,
+            finalizer=self._asyncgen_finalizer_hook,
+        )
+        self._install_signal_wakeup()
+        events._set_running_loop(self)
+
+    def _run_forever_cleanup(self) -> None:
+        self._stopping = False
+        self._thread_id = None
+        events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        self._restore_signal_wakeup()
+        if self._old_agen_hooks is not None:
+            sys.set_asyncgen_hooks(*self._old_agen_hooks)
+            self._old_agen_hooks = None
+
+    def _install_signal_wakeup(self) -> None:
+        # CPython's C signal handler writes the signal number to the wake-up fd; with our
+        # socket there the poller wakes even when the signal lands on another thread,
+        # and Python's handler (KeyboardInterrupt, asyncio.Runner's SIGINT handler) then
+        # runs right after the poll. Only the main thread may set it.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._old_wakeup_fd = signal.set_wakeup_fd(self._signal_wakeup_fd())
+        except (ValueError, OSError):
+            self._old_wakeup_fd = None
+
+    def _restore_signal_wakeup(self) -> None:
+        if self._old_wakeup_fd is None:
+            return
+        old, self._old_wakeup_fd = self._old_wakeup_fd, None
+        try:
+            signal.set_wakeup_fd(old)
+        except (ValueError, OSError) as exc:
+            logger.info("set_wakeup_fd(%s) failed: %s", old, exc)
+
+    # -- closing -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the loop: drop pending callbacks, release the poller, and shut the
+        default executor down without waiting. The loop must not be running."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self._closed:
+            return
+        if self._debug:
+            logger.debug("Close %r", self)
+        self._close_core()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)

@@ -1,0 +1,383 @@
+//! `Handle` and `TimerHandle`: what `call_soon` and `call_later`/`call_at` return.
+//!
+//! They mirror `asyncio.Handle`/`asyncio.TimerHandle` (`cancel`, `cancelled`,
+//! `get_context`, `when`, the same repr) but are native objects, so scheduling a
+//! callback allocates one small object and no Python-level `__init__` runs. The loop's
+//! queues hold them as [`Ready`] entries and run them through [`HandleCore`].
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use ferroloop_reactor::timer_heap::note_cancelled;
+use ferroloop_reactor::TimerEntry;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::py_cache::FORMAT_CALLBACK_SOURCE;
+
+/// The Python objects a handle refers to. Cleared by `cancel()` (callback and args, as
+/// asyncio does, to break reference cycles early) and by the garbage collector (all).
+#[derive(Default)]
+struct CallbackRefs {
+    callback: Option<Py<PyAny>>,
+    args: Option<Py<PyTuple>>,
+    context: Option<Py<PyAny>>,
+}
+
+/// Strong references to what a handle runs, taken out of its lock so the lock is never
+/// held while Python code runs (the callback may cancel its own handle).
+pub(crate) struct CallbackCall {
+    pub callback: Py<PyAny>,
+    pub args: Py<PyTuple>,
+    pub context: Py<PyAny>,
+}
+
+/// State shared by both handle kinds.
+pub(crate) struct HandleCore {
+    refs: Mutex<CallbackRefs>,
+    cancelled: AtomicBool,
+    /// Creation stack (debug mode only), as `asyncio.Handle._source_traceback`.
+    source_traceback: Option<Py<PyAny>>,
+    /// In debug mode asyncio freezes the repr at cancellation, while the callback is
+    /// still known; `OnceLock` because it is written once, possibly from another thread.
+    cancelled_repr: OnceLock<String>,
+}
+
+impl HandleCore {
+    pub(crate) fn new(
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        HandleCore {
+            refs: Mutex::new(CallbackRefs {
+                callback: Some(callback),
+                args: Some(args),
+                context: Some(context),
+            }),
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+            cancelled_repr: OnceLock::new(),
+        }
+    }
+
+    fn refs(&self) -> MutexGuard<'_, CallbackRefs> {
+        // A poisoned lock only means a panic happened while it was held; the references
+        // inside are still valid, so keep going rather than panic again.
+        self.refs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once `cancel()` was called.
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// What to run, or `None` if the handle was cancelled (or cleared by the GC).
+    #[inline]
+    pub(crate) fn call(&self, py: Python<'_>) -> Option<CallbackCall> {
+        if self.is_cancelled() {
+            return None;
+        }
+        let refs = self.refs();
+        Some(CallbackCall {
+            callback: refs.callback.as_ref()?.clone_ref(py),
+            args: refs.args.as_ref()?.clone_ref(py),
+            context: refs.context.as_ref()?.clone_ref(py),
+        })
+    }
+
+    /// Marks the handle cancelled and drops its callback and arguments. Returns false if
+    /// it already was cancelled.
+    fn cancel(&self, handle: &Bound<'_, PyAny>) -> bool {
+        if self.cancelled.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.source_traceback.is_some() {
+            // Debug mode: keep the repr readable after the callback is gone.
+            if let Ok(repr) = handle.repr() {
+                let _ = self.cancelled_repr.set(repr.to_string());
+            }
+        }
+        if self.cancelled.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let dropped = {
+            let mut refs = self.refs();
+            (refs.callback.take(), refs.args.take())
+        };
+        // Released after the lock: dropping may run arbitrary finalizers.
+        drop(dropped);
+        true
+    }
+
+    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.refs().context.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    fn callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.refs().callback.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    fn args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.refs().args.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    pub(crate) fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// asyncio's `Handle.__repr__`, with `extra` (TimerHandle's `when=...`) after the
+    /// class name and the `cancelled` marker.
+    fn repr(&self, py: Python<'_>, class_name: &str, extra: Option<String>) -> PyResult<String> {
+        if let Some(frozen) = self.cancelled_repr.get() {
+            return Ok(frozen.clone());
+        }
+        let mut info = vec![class_name.to_owned()];
+        if self.is_cancelled() {
+            info.push("cancelled".to_owned());
+        }
+        if let Some(extra) = extra {
+            info.push(extra);
+        }
+        if let Some(callback) = self.callback(py) {
+            let source = FORMAT_CALLBACK_SOURCE
+                .get(py)?
+                .call1((callback, self.args(py)))?;
+            info.push(source.extract::<String>()?);
+        }
+        if let Some(tb) = &self.source_traceback {
+            let tb = tb.bind(py);
+            if tb.len()? > 0 {
+                let frame = tb.get_item(-1)?;
+                info.push(format!(
+                    "created at {}:{}",
+                    frame.get_item(0)?.str()?,
+                    frame.get_item(1)?.str()?
+                ));
+            }
+        }
+        Ok(format!("<{}>", info.join(" ")))
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // `try_lock`: the collector must never block; the lock is only held for
+        // pointer-sized moves that cannot trigger a collection.
+        if let Ok(refs) = self.refs.try_lock() {
+            visit.call(&refs.callback)?;
+            visit.call(&refs.args)?;
+            visit.call(&refs.context)?;
+        }
+        visit.call(&self.source_traceback)
+    }
+
+    fn clear(&self) {
+        let dropped = std::mem::take(&mut *self.refs());
+        drop(dropped);
+    }
+}
+
+/// A callback scheduled with `call_soon` or `call_soon_threadsafe`.
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, freelist = 256)]
+pub struct Handle {
+    pub(crate) core: HandleCore,
+}
+
+#[pymethods]
+impl Handle {
+    /// Cancels the call; a cancelled callback is skipped when its turn comes.
+    fn cancel(slf: &Bound<'_, Self>) {
+        slf.get().core.cancel(slf.as_any());
+    }
+
+    /// True if the call was cancelled.
+    fn cancelled(&self) -> bool {
+        self.core.is_cancelled()
+    }
+
+    /// The `contextvars.Context` the callback runs in.
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.context(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.core.repr(py, "Handle", None)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.callback(py)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.core.args(py)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.core.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.context(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.source_traceback(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.core.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.core.clear();
+    }
+}
+
+/// A callback scheduled with `call_later` or `call_at`.
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, freelist = 256)]
+pub struct TimerHandle {
+    pub(crate) core: HandleCore,
+    when: f64,
+    /// In the loop's timer heap: only then does cancelling count towards a heap rebuild.
+    scheduled: AtomicBool,
+    cancel_counter: Arc<AtomicUsize>,
+}
+
+impl TimerHandle {
+    pub(crate) fn new(core: HandleCore, when: f64, cancel_counter: Arc<AtomicUsize>) -> Self {
+        TimerHandle {
+            core,
+            when,
+            scheduled: AtomicBool::new(true),
+            cancel_counter,
+        }
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    /// Cancels the call; a cancelled timer never fires.
+    fn cancel(slf: &Bound<'_, Self>) {
+        let this = slf.get();
+        if this.core.cancel(slf.as_any()) && this.scheduled.load(Ordering::Acquire) {
+            note_cancelled(&this.cancel_counter);
+        }
+    }
+
+    /// True if the call was cancelled.
+    fn cancelled(&self) -> bool {
+        self.core.is_cancelled()
+    }
+
+    /// The `contextvars.Context` the callback runs in.
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.context(py)
+    }
+
+    /// The absolute time (on `loop.time()`'s clock) the callback is scheduled for.
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let when = PyFloat::new(py, self.when).str()?;
+        self.core
+            .repr(py, "TimerHandle", Some(format!("when={when}")))
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Acquire)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.callback(py)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.core.args(py)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.core.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.context(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.core.source_traceback(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.core.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.core.clear();
+    }
+}
+
+/// A timer handle as stored in the loop's timer heap.
+pub(crate) struct ScheduledTimer(pub Py<TimerHandle>);
+
+impl TimerEntry for ScheduledTimer {
+    fn is_cancelled(&self) -> bool {
+        self.0.get().core.is_cancelled()
+    }
+
+    fn mark_unscheduled(&self) {
+        self.0.get().scheduled.store(false, Ordering::Release);
+    }
+}
+
+/// An entry of the ready queue: either kind of handle.
+pub(crate) enum Ready {
+    Soon(Py<Handle>),
+    Timer(Py<TimerHandle>),
+}
+
+impl Ready {
+    /// The shared handle state.
+    #[inline]
+    pub(crate) fn core(&self) -> &HandleCore {
+        match self {
+            Ready::Soon(h) => &h.get().core,
+            Ready::Timer(t) => &t.get().core,
+        }
+    }
+
+    /// The handle as a Python object (for error reports and debug bookkeeping).
+    pub(crate) fn as_any<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        match self {
+            Ready::Soon(h) => h.bind(py).as_any(),
+            Ready::Timer(t) => t.bind(py).as_any(),
+        }
+    }
+
+    /// Reports the handle object to the garbage collector.
+    pub(crate) fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Ready::Soon(h) => visit.call(h),
+            Ready::Timer(t) => visit.call(t),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The loop core: ready queue, timer heap, poller, and the methods on the hot path.
+//!
+//! `ferroloop.Loop` (Python) inherits from [`LoopCore`] first and from
+//! `asyncio.BaseEventLoop` second. Everything that runs per callback (scheduling, the
+//! run loop, `time()`, `create_future()`) is native and defined here; everything that
+//! runs once per program or is rarely hot (task factories, exception handlers,
+//! executors, async-generator hooks, `run_until_complete`) is inherited from
+//! `BaseEventLoop`, so its behaviour is the stock behaviour by construction. The few
+//! attributes those inherited methods read (`_closed`, `_stopping`, `_debug`) are
+//! properties backed by the native state below.
+
+pub(crate) mod handle;
+mod run;
+mod schedule;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ferroloop_reactor::{monotonic, Poller, PollerEvents, ReadyQueue, SignalPipe, TimerHeap};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors::os_error;
+use crate::ffi;
+use crate::py_cache::FUTURE_TYPE;
+
+use handle::{Handle, Ready, ScheduledTimer, TimerHandle};
+use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
+
+/// Poller token of the signal wake-up socket.
+const SIGNAL_TOKEN: u64 = 0;
+
+/// The queues, guarded together: every access is a short, Python-free critical section.
+struct LoopState {
+    ready: ReadyQueue<Ready>,
+    timers: TimerHeap<ScheduledTimer>,
+}
+
+/// The loop's OS resources. Shared through an `Arc` so the run loop and waking threads
+/// can use them without holding a lock while blocked, and `close()` can release the
+/// descriptors before the loop object itself is collected.
+pub(crate) struct IoDriver {
+    poller: Poller,
+    signal_pipe: SignalPipe,
+    events: Mutex<PollerEvents>,
+}
+
+impl IoDriver {
+    fn new() -> std::io::Result<IoDriver> {
+        let poller = Poller::new()?;
+        let signal_pipe = SignalPipe::new()?;
+        poller.register_internal(signal_pipe.read_end(), SIGNAL_TOKEN)?;
+        Ok(IoDriver {
+            poller,
+            signal_pipe,
+            events: Mutex::new(PollerEvents::default()),
+        })
+    }
+}
+
+/// Native base class of `ferroloop.Loop`.
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
+pub struct LoopCore {
+    state: Mutex<LoopState>,
+    io: Mutex<Option<Arc<IoDriver>>>,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    debug: AtomicBool,
+    /// `time.get_clock_info('monotonic').resolution`: timers due within it run now.
+    clock_resolution: f64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning means a panic while locked; the data is still consistent for our uses
+    // (every critical section is a handful of moves), so carry on.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LoopCore {
+    fn state(&self) -> MutexGuard<'_, LoopState> {
+        lock(&self.state)
+    }
+
+    fn io_driver(&self) -> PyResult<Arc<IoDriver>> {
+        lock(&self.io)
+            .clone()
+            .ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))
+    }
+
+    #[inline]
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn set_stopping(&self, value: bool) {
+        self.stopping.store(value, Ordering::Release);
+    }
+
+    fn schedule_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        checks: DebugChecks,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let debug = this.debug();
+        if debug {
+            debug_checks(slf.as_any(), &callback, checks)?;
+        }
+        let core = handle_core(callback, args, context, debug)?;
+        let handle = Py::new(py, Handle { core })?;
+        this.state().ready.push(Ready::Soon(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
+    fn schedule_at(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        method: &'static str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let debug = this.debug();
+        if debug {
+            let checks = DebugChecks {
+                method,
+                check_thread: true,
+            };
+            debug_checks(slf.as_any(), &callback, checks)?;
+        }
+        let core = handle_core(callback, args, context, debug)?;
+        let mut state = this.state();
+        let timer = Py::new(
+            py,
+            TimerHandle::new(core, when, state.timers.cancel_counter()),
+        )?;
+        state.timers.push(when, ScheduledTimer(timer.clone_ref(py)));
+        Ok(timer)
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let io = IoDriver::new().map_err(os_error)?;
+        let resolution = rustix::time::clock_getres(rustix::time::ClockId::Monotonic);
+        Ok(LoopCore {
+            state: Mutex::new(LoopState {
+                ready: ReadyQueue::new(),
+                timers: TimerHeap::new(),
+            }),
+            io: Mutex::new(Some(Arc::new(io))),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            clock_resolution: resolution.tv_sec as f64 + resolution.tv_nsec as f64 * 1e-9,
+        })
+    }
+
+    /// `loop.time()`: `time.monotonic()`'s clock.
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    /// Schedules `callback(*args)` for the next iteration.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let checks = DebugChecks {
+            method: "call_soon",
+            check_thread: true,
+        };
+        Self::schedule_soon(slf, callback, args, context, checks)
+    }
+
+    /// Like `call_soon`, callable from any thread; wakes the loop if it is sleeping.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let checks = DebugChecks {
+            method: "call_soon_threadsafe",
+            check_thread: false,
+        };
+        let handle = Self::schedule_soon(slf, callback, args, context, checks)?;
+        slf.get()._write_to_self();
+        Ok(handle)
+    }
+
+    /// Schedules `callback(*args)` after `delay` seconds.
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let when = deadline_after(monotonic(), delay)?;
+        Self::schedule_at(slf, when, callback, args, context, "call_at")
+    }
+
+    /// Schedules `callback(*args)` at `when` on the `time()` clock.
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let when = deadline(when)?;
+        Self::schedule_at(slf, when, callback, args, context, "call_at")
+    }
+
+    /// `asyncio.Future(loop=self)`.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        ffi::call_with_loop_kw(FUTURE_TYPE.get(slf.py())?, slf.as_any())
+    }
+
+    /// Stops the loop after the current iteration.
+    fn stop(&self) {
+        self.set_stopping(true);
+    }
+
+    /// True once `close()` was called.
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Debug mode flag (read by every `asyncio.Future` created on this loop).
+    fn get_debug(&self) -> bool {
+        self.debug()
+    }
+
+    #[getter(_debug)]
+    fn debug_attr(&self) -> bool {
+        self.debug()
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[getter(_closed)]
+    fn closed_attr(&self) -> bool {
+        self.is_closed()
+    }
+
+    #[setter(_closed)]
+    fn set_closed_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.closed.store(value.is_truthy()?, Ordering::Release);
+        Ok(())
+    }
+
+    #[getter(_stopping)]
+    fn stopping_attr(&self) -> bool {
+        self.stopping()
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.set_stopping(value.is_truthy()?);
+        Ok(())
+    }
+
+    /// Wakes the loop if it is blocked in the poller (asyncio's self-pipe write).
+    fn _write_to_self(&self) {
+        if let Some(io) = lock(&self.io).as_ref() {
+            io.poller.wake();
+        }
+    }
+
+    /// The descriptor `run_forever` hands to `signal.set_wakeup_fd`.
+    fn _signal_wakeup_fd(&self) -> PyResult<i32> {
+        Ok(self.io_driver()?.signal_pipe.write_fd())
+    }
+
+    /// One iteration (`BaseEventLoop._run_once`).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let io = slf.get().io_driver()?;
+        run::run_once(slf, &io)
+    }
+
+    /// The body of `run_forever`: iterate until stopped. Set-up and tear-down (running
+    /// loop, async-generator hooks, signal wake-up fd) are done by the Python caller.
+    fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        run::run_forever(slf)
+    }
+
+    /// Releases what `close()` must release: queued callbacks, timers and descriptors.
+    fn _close_core(&self) {
+        self.closed.store(true, Ordering::Release);
+        let (ready, timers) = {
+            let mut state = self.state();
+            (state.ready.clear(), state.timers.clear())
+        };
+        let io = lock(&self.io).take();
+        // Outside the locks: dropping handles may run finalizers that call back in.
+        drop((ready, timers, io));
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(state) = self.state.try_lock() {
+            for item in state.ready.iter() {
+                item.visit(&visit)?;
+            }
+            for timer in state.timers.iter() {
+                visit.call(&timer.0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let (ready, timers) = {
+            let mut state = self.state();
+            (state.ready.clear(), state.timers.clear())
+        };
+        drop((ready, timers));
+    }
+}

@@ -1,0 +1,190 @@
+//! One iteration of the loop, and the loop itself.
+//!
+//! An iteration follows asyncio's `BaseEventLoop._run_once`: drop cancelled timers,
+//! compute the poll timeout (zero if callbacks are ready or the loop is stopping), poll
+//! with the GIL released, run Python signal handlers, move due timers to the ready queue,
+//! then run exactly the callbacks that were ready at that point.
+
+use std::time::Duration;
+
+use ferroloop_reactor::{monotonic, Poller};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::os_error;
+use crate::ffi;
+use crate::py_cache::{ASYNCIO_LOGGER, FORMAT_CALLBACK_SOURCE, FORMAT_HANDLE};
+
+use super::handle::{CallbackCall, Ready};
+use super::{IoDriver, LoopCore, SIGNAL_TOKEN};
+
+/// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day at a time.
+const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+
+/// Runs iterations until `stop()` is observed after one of them.
+pub(crate) fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let this = slf.get();
+    let io = this.io_driver()?;
+    let result = loop {
+        if let Err(err) = run_once(slf, &io) {
+            break Err(err);
+        }
+        if this.stopping() {
+            break Ok(());
+        }
+    };
+    this.set_stopping(false);
+    result
+}
+
+/// One full iteration (see the module documentation).
+pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()> {
+    let py = slf.py();
+    let this = slf.get();
+
+    // Announce a possible sleep before looking at the ready queue, so that a concurrent
+    // `call_soon_threadsafe` either sees the announcement or is seen by the check.
+    io.poller.prepare_sleep();
+    let (removed, timeout) = {
+        let mut state = this.state();
+        let removed = state.timers.tidy();
+        let timeout = if !state.ready.is_empty() || this.stopping() {
+            Some(Duration::ZERO)
+        } else {
+            state.timers.peek_when().map(|when| {
+                let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+                // NaN (a NaN deadline) clamps to NaN: treat it as due now.
+                Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
+            })
+        };
+        (removed, timeout)
+    };
+    // Cancelled timers are released outside the lock: dropping runs finalizers.
+    drop(removed);
+
+    if timeout == Some(Duration::ZERO) && !io.poller.has_sources() {
+        // Nothing could be reported: skip the syscall. Signals are still handled below.
+        io.poller.cancel_sleep();
+    } else {
+        poll(py, io, timeout)?;
+    }
+    // Run Python-level signal handlers now (a SIGINT's KeyboardInterrupt surfaces here),
+    // as the stock loop's interrupted `select()` does.
+    py.check_signals()?;
+
+    let end_time = monotonic() + this.clock_resolution;
+    let mut batch = {
+        let mut state = this.state();
+        while let Some(timer) = state.timers.pop_due(end_time) {
+            state.ready.push(Ready::Timer(timer.0));
+        }
+        state.ready.take_batch()
+    };
+
+    let debug = this.debug();
+    while let Some(item) = batch.pop_front() {
+        let outcome = if debug {
+            run_handle_debug(slf, &item)
+        } else {
+            run_handle(slf, &item)
+        };
+        if let Err(err) = outcome {
+            // KeyboardInterrupt/SystemExit: the rest of this batch still runs later, in
+            // order, as with asyncio's deque.
+            this.state().ready.requeue_front(batch);
+            drop(item);
+            return Err(err);
+        }
+        drop(item);
+    }
+    this.state().ready.recycle(batch);
+    Ok(())
+}
+
+fn poll(py: Python<'_>, io: &IoDriver, timeout: Option<Duration>) -> PyResult<()> {
+    let mut events = io.events.lock().unwrap_or_else(|e| e.into_inner());
+    let poller: &Poller = &io.poller;
+    let events_ref = &mut *events;
+    py.detach(|| poller.wait(events_ref, timeout))
+        .map_err(os_error)?;
+    for ready in events.iter() {
+        if ready.token == SIGNAL_TOKEN {
+            // The bytes are signal numbers; Python's handlers run via check_signals().
+            io.signal_pipe.drain();
+        }
+    }
+    Ok(())
+}
+
+/// Runs one ready handle; exceptions other than KeyboardInterrupt/SystemExit go to the
+/// loop's exception handler, as in `asyncio.Handle._run`.
+#[inline]
+fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+    let py = slf.py();
+    let Some(call) = item.core().call(py) else {
+        return Ok(());
+    };
+    match ffi::run_in_context(
+        call.context.bind(py),
+        call.callback.bind(py),
+        call.args.bind(py),
+    ) {
+        Ok(()) => Ok(()),
+        Err(err) => report_callback_error(slf, item, &call, err),
+    }
+}
+
+/// Debug mode: track the current handle for the exception handler and log callbacks
+/// slower than `slow_callback_duration`, as `BaseEventLoop._run_once` does.
+fn run_handle_debug(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+    let py = slf.py();
+    if item.core().is_cancelled() {
+        return Ok(());
+    }
+    let handle = item.as_any(py);
+    slf.setattr(pyo3::intern!(py, "_current_handle"), handle)?;
+    let started = monotonic();
+    let outcome = run_handle(slf, item);
+    let elapsed = monotonic() - started;
+    let reset = slf.setattr(pyo3::intern!(py, "_current_handle"), py.None());
+    outcome?;
+    reset?;
+    let slow: f64 = slf
+        .getattr(pyo3::intern!(py, "slow_callback_duration"))?
+        .extract()?;
+    if elapsed >= slow {
+        let described = FORMAT_HANDLE.get(py)?.call1((handle,))?;
+        ASYNCIO_LOGGER.get(py)?.call_method1(
+            pyo3::intern!(py, "warning"),
+            ("Executing %s took %.3f seconds", described, elapsed),
+        )?;
+    }
+    Ok(())
+}
+
+fn report_callback_error(
+    slf: &Bound<'_, LoopCore>,
+    item: &Ready,
+    call: &CallbackCall,
+    err: PyErr,
+) -> PyResult<()> {
+    let py = slf.py();
+    if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+        return Err(err);
+    }
+    let source = FORMAT_CALLBACK_SOURCE
+        .get(py)?
+        .call1((call.callback.bind(py), call.args.bind(py)))?;
+    let context = PyDict::new(py);
+    context.set_item("message", format!("Exception in callback {source}"))?;
+    context.set_item("exception", err.value(py))?;
+    context.set_item("handle", item.as_any(py))?;
+    if let Some(tb) = item.core().source_traceback(py) {
+        if tb.bind(py).is_truthy()? {
+            context.set_item("source_traceback", tb)?;
+        }
+    }
+    slf.call_method1(pyo3::intern!(py, "call_exception_handler"), (context,))?;
+    Ok(())
+}

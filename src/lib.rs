@@ -1,0 +1,22 @@
+//! ferroloop's Python extension module, `ferroloop._ferroloop`.
+//!
+//! This file only registers types. The loop core lives in [`event_loop`], raw CPython
+//! calls in [`ffi`], the errno-preserving error mapping in [`errors`]; the Python-free
+//! reactor (poller, timers, ready queue) is the `ferroloop-reactor` crate.
+
+mod errors;
+mod event_loop;
+mod ffi;
+mod py_cache;
+
+use pyo3::prelude::*;
+
+/// The native part of ferroloop. `ferroloop.Loop` (Python) subclasses [`LoopCore`] and
+/// `asyncio.BaseEventLoop`.
+#[pymodule(gil_used = false)]
+mod _ferroloop {
+    #[pymodule_export]
+    use crate::event_loop::handle::{Handle, TimerHandle};
+    #[pymodule_export]
+    use crate::event_loop::LoopCore;
+}

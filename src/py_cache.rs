@@ -1,0 +1,48 @@
+//! Python objects the loop looks up once and then reuses.
+//!
+//! Each lives in a `PyOnceLock`, which is safe to initialise from several threads (and
+//! on free-threaded builds), so there is no unguarded global state here.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+/// A lazily imported module attribute, e.g. `asyncio.futures.Future`.
+pub struct CachedAttr {
+    module: &'static str,
+    name: &'static str,
+    cell: PyOnceLock<Py<PyAny>>,
+}
+
+impl CachedAttr {
+    /// Declares `module.name`, imported on first use.
+    pub const fn new(module: &'static str, name: &'static str) -> Self {
+        CachedAttr {
+            module,
+            name,
+            cell: PyOnceLock::new(),
+        }
+    }
+
+    /// The attribute, importing its module the first time.
+    pub fn get<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyAny>> {
+        self.cell
+            .get_or_try_init(py, || {
+                Ok::<_, PyErr>(py.import(self.module)?.getattr(self.name)?.unbind())
+            })
+            .map(|obj| obj.bind(py))
+    }
+}
+
+/// `asyncio.futures.Future`: what `loop.create_future()` instantiates.
+pub static FUTURE_TYPE: CachedAttr = CachedAttr::new("asyncio.futures", "Future");
+/// Formats `callback(args)` for messages and reprs exactly as asyncio does.
+pub static FORMAT_CALLBACK_SOURCE: CachedAttr =
+    CachedAttr::new("asyncio.format_helpers", "_format_callback_source");
+/// Captures a handle's creation stack in debug mode.
+pub static EXTRACT_STACK: CachedAttr = CachedAttr::new("asyncio.format_helpers", "extract_stack");
+/// `sys._getframe`, for the stack above.
+pub static GETFRAME: CachedAttr = CachedAttr::new("sys", "_getframe");
+/// asyncio's formatter for slow-callback warnings.
+pub static FORMAT_HANDLE: CachedAttr = CachedAttr::new("asyncio.base_events", "_format_handle");
+/// The `asyncio` logger.
+pub static ASYNCIO_LOGGER: CachedAttr = CachedAttr::new("asyncio.log", "logger");
