@@ -27,6 +27,8 @@ __all__ = ["Loop"]
 class Loop(LoopCore, base_events.BaseEventLoop):
     """An asyncio event loop whose core is written in Rust."""
 
+    __module__ = "ferroloop"
+
     def __init__(self) -> None:
         base_events.BaseEventLoop.__init__(self)
         # The pure-Python scheduler's queues: the native core keeps its own, and stale
