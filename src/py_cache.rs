@@ -35,9 +35,32 @@ impl CachedAttr {
 
 /// `asyncio.futures.Future`: what `loop.create_future()` instantiates.
 pub static FUTURE_TYPE: CachedAttr = CachedAttr::new("asyncio.futures", "Future");
-/// Formats `callback(args)` for messages and reprs exactly as asyncio does.
-pub static FORMAT_CALLBACK_SOURCE: CachedAttr =
+static FORMAT_CALLBACK_SOURCE: CachedAttr =
     CachedAttr::new("asyncio.format_helpers", "_format_callback_source");
+static FORMAT_TAKES_DEBUG: PyOnceLock<bool> = PyOnceLock::new();
+
+/// Formats `callback(args)` for messages and reprs exactly as asyncio does. Newer
+/// Pythons take a `debug` flag (arguments are shown only in debug mode); it is passed
+/// where the installed asyncio accepts it.
+pub fn format_callback_source<'py>(
+    callback: &Bound<'py, PyAny>,
+    args: Option<&Bound<'py, PyAny>>,
+    debug: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callback.py();
+    let format = FORMAT_CALLBACK_SOURCE.get(py)?;
+    let takes_debug = *FORMAT_TAKES_DEBUG.get_or_try_init(py, || {
+        let signature = py.import("inspect")?.call_method1("signature", (format,))?;
+        signature.getattr("parameters")?.contains("debug")
+    })?;
+    if takes_debug {
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("debug", debug)?;
+        format.call((callback, args), Some(&kwargs))
+    } else {
+        format.call1((callback, args))
+    }
+}
 /// Captures a handle's creation stack in debug mode.
 pub static EXTRACT_STACK: CachedAttr = CachedAttr::new("asyncio.format_helpers", "extract_stack");
 /// `sys._getframe`, for the stack above.

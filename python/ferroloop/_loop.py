@@ -41,6 +41,10 @@ class Loop(LoopCore, base_events.BaseEventLoop):
 
     def run_forever(self) -> None:
         """Run until :meth:`stop` is called."""
+        # Checked before the try: a refused nested call must not tear down the state of
+        # the run that is already going (CPython 3.13.0 regressed on exactly this).
+        self._check_closed()
+        self._check_running()
         try:
             self._run_forever_setup()
             self._run_forever_core()

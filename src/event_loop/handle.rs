@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::py_cache::FORMAT_CALLBACK_SOURCE;
+use crate::py_cache::format_callback_source;
 
 /// The Python objects a handle refers to. Cleared by `cancel()` (callback and args, as
 /// asyncio does, to break reference cycles early) and by the garbage collector (all).
@@ -143,9 +143,11 @@ impl HandleCore {
             info.push(extra);
         }
         if let Some(callback) = self.callback(py) {
-            let source = FORMAT_CALLBACK_SOURCE
-                .get(py)?
-                .call1((callback, self.args(py)))?;
+            let args = self.args(py).map(|a| a.into_bound(py).into_any());
+            // The loop's debug flag as of the handle's creation stands in for asyncio's
+            // live `self._loop.get_debug()`: handles keep no reference to their loop.
+            let debug = self.source_traceback.is_some();
+            let source = format_callback_source(callback.bind(py), args.as_ref(), debug)?;
             info.push(source.extract::<String>()?);
         }
         if let Some(tb) = &self.source_traceback {

@@ -14,7 +14,7 @@ use pyo3::types::PyDict;
 
 use crate::errors::os_error;
 use crate::ffi;
-use crate::py_cache::{ASYNCIO_LOGGER, FORMAT_CALLBACK_SOURCE, FORMAT_HANDLE};
+use crate::py_cache::{format_callback_source, ASYNCIO_LOGGER, FORMAT_HANDLE};
 
 use super::handle::{CallbackCall, Ready};
 use super::{IoDriver, LoopCore, SIGNAL_TOKEN};
@@ -73,11 +73,13 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
     // as the stock loop's interrupted `select()` does.
     py.check_signals()?;
 
-    let end_time = monotonic() + this.clock_resolution;
     let mut batch = {
         let mut state = this.state();
-        while let Some(timer) = state.timers.pop_due(end_time) {
-            state.ready.push(Ready::Timer(timer.0));
+        if !state.timers.is_empty() {
+            let end_time = monotonic() + this.clock_resolution;
+            while let Some(timer) = state.timers.pop_due(end_time) {
+                state.ready.push(Ready::Timer(timer.0));
+            }
         }
         state.ready.take_batch()
     };
@@ -173,9 +175,11 @@ fn report_callback_error(
     if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
         return Err(err);
     }
-    let source = FORMAT_CALLBACK_SOURCE
-        .get(py)?
-        .call1((call.callback.bind(py), call.args.bind(py)))?;
+    let source = format_callback_source(
+        call.callback.bind(py),
+        Some(call.args.bind(py).as_any()),
+        slf.get().debug(),
+    )?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {source}"))?;
     context.set_item("exception", err.value(py))?;
