@@ -13,13 +13,15 @@ tear-down around the native loop body, ``close``, and the signal wake-up descrip
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
-from asyncio import base_events, events
+import warnings
+from asyncio import base_events, coroutines, events
 from asyncio.log import logger
 
-from ._ferroloop import LoopCore
+from ._ferroloop import Handle, LoopCore
 
 __all__ = ["Loop"]
 
@@ -36,6 +38,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         del self._ready, self._scheduled, self._timer_cancelled_count
         self._old_agen_hooks = None
         self._old_wakeup_fd: int | None = None
+        self._signal_handlers: dict[int, Handle] = {}
 
     # -- running -----------------------------------------------------------------------
 
@@ -92,10 +95,97 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         if self._old_wakeup_fd is None:
             return
         old, self._old_wakeup_fd = self._old_wakeup_fd, None
+        if self._signal_handlers:
+            # add_signal_handler() needs the wake-up fd between runs too.
+            return
         try:
             signal.set_wakeup_fd(old)
         except (ValueError, OSError) as exc:
             logger.info("set_wakeup_fd(%s) failed: %s", old, exc)
+
+    # -- signals (the behaviour of asyncio's Unix loop) ------------------------------------
+
+    def add_signal_handler(self, sig: int, callback, *args) -> None:
+        """Run ``callback(*args)`` on the loop whenever signal ``sig`` arrives.
+
+        Raise ValueError if the signal number is invalid or uncatchable, RuntimeError
+        if the handler cannot be set up (e.g. not in the main thread).
+        """
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # Raises ValueError outside the main thread: checked before anything changes.
+            signal.set_wakeup_fd(self._signal_wakeup_fd())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
+
+        self._signal_handlers[sig] = self._new_handle(callback, args, None)
+        self._set_signal_watch(True)
+        try:
+            # Python's C handler writes the signal number to the wake-up fd; the loop
+            # reads it there and schedules the handle (see _process_self_data).
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                self._set_signal_watch(False)
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError) as nexc:
+                    logger.info("set_wakeup_fd(-1) failed: %s", nexc)
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig} cannot be caught") from None
+            raise
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        """Remove the handler for ``sig``; return True if there was one."""
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            self._set_signal_watch(False)
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError) as exc:
+                logger.info("set_wakeup_fd(-1) failed: %s", exc)
+        return True
+
+    def _check_signal(self, sig: int) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def _process_self_data(self, data: bytes) -> None:
+        # Called by the native loop with the signal numbers read from the wake-up fd.
+        for signum in data:
+            if signum:
+                self._handle_signal(signum)
+
+    def _handle_signal(self, sig: int) -> None:
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return  # Removed while the signal was in flight.
+        if handle.cancelled():
+            self.remove_signal_handler(sig)
+        else:
+            self._add_callback_signalsafe(handle)
+
+    def _add_callback_signalsafe(self, handle: Handle) -> None:
+        self._add_callback(handle)
+        self._write_to_self()
 
     # -- closing -----------------------------------------------------------------------
 
@@ -108,9 +198,26 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             return
         if self._debug:
             logger.debug("Close %r", self)
+        # Signal handlers first: they need the wake-up descriptor _close_core releases.
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown stage, "
+                "skipping signal handlers removal",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+            self._signal_handlers.clear()
         self._close_core()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+
+
+def _sighandler_noop(signum, frame):
+    """Python-level no-op: the C handler's write to the wake-up fd does the work."""

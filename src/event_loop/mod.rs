@@ -68,6 +68,9 @@ pub struct LoopCore {
     closed: AtomicBool,
     stopping: AtomicBool,
     debug: AtomicBool,
+    /// `add_signal_handler` handlers exist: their signal numbers arrive through the
+    /// signal pipe, so busy iterations must poll it instead of skipping the poll.
+    watch_signals: AtomicBool,
     /// `time.get_clock_info('monotonic').resolution`: timers due within it run now.
     clock_resolution: f64,
 }
@@ -177,6 +180,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
+            watch_signals: AtomicBool::new(false),
             clock_resolution: resolution.tv_sec as f64 + resolution.tv_nsec as f64 * 1e-9,
         })
     }
@@ -302,6 +306,34 @@ impl LoopCore {
         if let Some(io) = lock(&self.io).as_ref() {
             io.poller.wake();
         }
+    }
+
+    /// A handle that is not scheduled yet (asyncio's `events.Handle(...)`), for callbacks
+    /// the loop schedules itself later, such as `add_signal_handler`'s.
+    #[pyo3(signature = (callback, args, context=None))]
+    fn _new_handle(
+        &self,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = callback.py();
+        let core = handle_core(callback, args, context, self.debug())?;
+        Py::new(py, Handle { core })
+    }
+
+    /// Queues an existing handle unless it is cancelled (asyncio's `_add_callback`).
+    fn _add_callback(&self, handle: &Bound<'_, Handle>) {
+        if !handle.get().core.is_cancelled() {
+            self.state()
+                .ready
+                .push(Ready::Soon(handle.clone().unbind()));
+        }
+    }
+
+    /// Whether signal numbers must be read from the signal pipe on every iteration.
+    fn _set_signal_watch(&self, enabled: bool) {
+        self.watch_signals.store(enabled, Ordering::Release);
     }
 
     /// The descriptor `run_forever` hands to `signal.set_wakeup_fd`.

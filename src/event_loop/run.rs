@@ -10,7 +10,9 @@ use std::time::Duration;
 use ferroloop_reactor::{monotonic, Poller};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use std::sync::atomic::Ordering;
+
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::errors::os_error;
 use crate::ffi;
@@ -63,15 +65,25 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
     // Cancelled timers are released outside the lock: dropping runs finalizers.
     drop(removed);
 
-    if timeout == Some(Duration::ZERO) && !io.poller.has_sources() {
-        // Nothing could be reported: skip the syscall. Signals are still handled below.
+    let signal_numbers = if timeout == Some(Duration::ZERO)
+        && !io.poller.has_sources()
+        && !this.watch_signals.load(Ordering::Acquire)
+    {
+        // Nothing could be reported: skip the syscall. Python-level signal handlers
+        // still run below.
         io.poller.cancel_sleep();
+        Vec::new()
     } else {
-        poll(py, io, timeout)?;
-    }
+        poll(py, io, timeout)?
+    };
     // Run Python-level signal handlers now (a SIGINT's KeyboardInterrupt surfaces here),
     // as the stock loop's interrupted `select()` does.
     py.check_signals()?;
+    if !signal_numbers.is_empty() {
+        // `add_signal_handler` dispatch, as asyncio's `_process_self_data`.
+        let data = PyBytes::new(py, &signal_numbers);
+        slf.call_method1(pyo3::intern!(py, "_process_self_data"), (data,))?;
+    }
 
     let mut batch = {
         let mut state = this.state();
@@ -104,19 +116,21 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
     Ok(())
 }
 
-fn poll(py: Python<'_>, io: &IoDriver, timeout: Option<Duration>) -> PyResult<()> {
+/// Waits for I/O with the GIL released; returns the signal numbers read from the
+/// signal pipe.
+fn poll(py: Python<'_>, io: &IoDriver, timeout: Option<Duration>) -> PyResult<Vec<u8>> {
     let mut events = io.events.lock().unwrap_or_else(|e| e.into_inner());
     let poller: &Poller = &io.poller;
     let events_ref = &mut *events;
     py.detach(|| poller.wait(events_ref, timeout))
         .map_err(os_error)?;
+    let mut signal_numbers = Vec::new();
     for ready in events.iter() {
         if ready.token == SIGNAL_TOKEN {
-            // The bytes are signal numbers; Python's handlers run via check_signals().
-            io.signal_pipe.drain();
+            signal_numbers = io.signal_pipe.drain();
         }
     }
-    Ok(())
+    Ok(signal_numbers)
 }
 
 /// Runs one ready handle; exceptions other than KeyboardInterrupt/SystemExit go to the
