@@ -37,10 +37,17 @@ pub(crate) struct CallbackCall {
 pub(crate) struct HandleCore {
     refs: Mutex<CallbackRefs>,
     cancelled: AtomicBool,
-    /// Creation stack (debug mode only), as `asyncio.Handle._source_traceback`.
-    source_traceback: Option<Py<PyAny>>,
-    /// In debug mode asyncio freezes the repr at cancellation, while the callback is
-    /// still known; `OnceLock` because it is written once, possibly from another thread.
+    /// Present only for handles created in debug mode; boxed so that the common case
+    /// costs one pointer per handle.
+    debug: Option<Box<DebugInfo>>,
+}
+
+/// What debug mode records about a handle.
+struct DebugInfo {
+    /// Creation stack, as `asyncio.Handle._source_traceback`.
+    source_traceback: Py<PyAny>,
+    /// asyncio freezes the repr at cancellation, while the callback is still known;
+    /// `OnceLock` because it is written once, possibly from another thread.
     cancelled_repr: OnceLock<String>,
 }
 
@@ -58,8 +65,12 @@ impl HandleCore {
                 context: Some(context),
             }),
             cancelled: AtomicBool::new(false),
-            source_traceback,
-            cancelled_repr: OnceLock::new(),
+            debug: source_traceback.map(|source_traceback| {
+                Box::new(DebugInfo {
+                    source_traceback,
+                    cancelled_repr: OnceLock::new(),
+                })
+            }),
         }
     }
 
@@ -95,10 +106,10 @@ impl HandleCore {
         if self.cancelled.load(Ordering::Acquire) {
             return false;
         }
-        if self.source_traceback.is_some() {
-            // Debug mode: keep the repr readable after the callback is gone.
+        if let Some(debug) = &self.debug {
+            // Keep the repr readable after the callback is gone.
             if let Ok(repr) = handle.repr() {
-                let _ = self.cancelled_repr.set(repr.to_string());
+                let _ = debug.cancelled_repr.set(repr.to_string());
             }
         }
         if self.cancelled.swap(true, Ordering::AcqRel) {
@@ -126,13 +137,15 @@ impl HandleCore {
     }
 
     pub(crate) fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+        self.debug
+            .as_ref()
+            .map(|d| d.source_traceback.clone_ref(py))
     }
 
     /// asyncio's `Handle.__repr__`, with `extra` (TimerHandle's `when=...`) after the
     /// class name and the `cancelled` marker.
     fn repr(&self, py: Python<'_>, class_name: &str, extra: Option<String>) -> PyResult<String> {
-        if let Some(frozen) = self.cancelled_repr.get() {
+        if let Some(frozen) = self.debug.as_ref().and_then(|d| d.cancelled_repr.get()) {
             return Ok(frozen.clone());
         }
         let mut info = vec![class_name.to_owned()];
@@ -146,12 +159,12 @@ impl HandleCore {
             let args = self.args(py).map(|a| a.into_bound(py).into_any());
             // The loop's debug flag as of the handle's creation stands in for asyncio's
             // live `self._loop.get_debug()`: handles keep no reference to their loop.
-            let debug = self.source_traceback.is_some();
+            let debug = self.debug.is_some();
             let source = format_callback_source(callback.bind(py), args.as_ref(), debug)?;
             info.push(source.extract::<String>()?);
         }
-        if let Some(tb) = &self.source_traceback {
-            let tb = tb.bind(py);
+        if let Some(debug) = &self.debug {
+            let tb = debug.source_traceback.bind(py);
             if tb.len()? > 0 {
                 let frame = tb.get_item(-1)?;
                 info.push(format!(
@@ -172,7 +185,10 @@ impl HandleCore {
             visit.call(&refs.args)?;
             visit.call(&refs.context)?;
         }
-        visit.call(&self.source_traceback)
+        match &self.debug {
+            Some(debug) => visit.call(&debug.source_traceback),
+            None => Ok(()),
+        }
     }
 
     fn clear(&self) {
