@@ -30,7 +30,7 @@ $(VENV)/.ready:
 venv: $(VENV)/.ready ## Create the 3.11 virtualenv with the build and test tools
 
 build: venv ## Release build of the extension into the venv
-	$(VENV)/bin/maturin develop --release -q
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
 
 test-rust: ## cargo tests of the Python-free reactor
 	cargo test -q -p ferroloop-reactor
@@ -47,7 +47,7 @@ test-other-pythons: ## Build and run the pytest suite on the other interpreters
 	    $$venv/bin/python -m pip install -q maturin pytest uvloop && touch $$venv/.ready; \
 	  fi; \
 	  echo "== Python $$v"; \
-	  $$venv/bin/maturin develop --release -q && \
+	  VIRTUAL_ENV=$(CURDIR)/$$venv $$venv/bin/maturin develop --release -q && \
 	  $$venv/bin/python -m pytest -q; \
 	done
 
