@@ -198,7 +198,11 @@ impl HandleCore {
 }
 
 /// A callback scheduled with `call_soon` or `call_soon_threadsafe`.
-#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, freelist = 256)]
+///
+/// No `freelist`: PyO3 0.30 hands recycled objects out without re-tracking them in the
+/// garbage collector, so cycles through a reused handle would never be collected
+/// (`tests/test_gc.py` catches it).
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
 pub struct Handle {
     pub(crate) core: HandleCore,
 }
@@ -259,7 +263,7 @@ impl Handle {
 }
 
 /// A callback scheduled with `call_later` or `call_at`.
-#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, freelist = 256)]
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
 pub struct TimerHandle {
     pub(crate) core: HandleCore,
     when: f64,

@@ -1,0 +1,197 @@
+"""Shared fixtures for the ferroloop behaviour suite.
+
+Every behaviour test that uses the ``loop`` / ``loop_factory`` / ``loop_kind`` / ``snippet``
+fixtures runs twice: once on stock asyncio (the oracle) and once on ferroloop.  The test
+body asserts what stock asyncio does; ferroloop must do the same.
+
+If ``import ferroloop`` fails, the ferroloop parameter FAILS (it is not skipped), unless
+the environment variable ``FERROLOOP_ALLOW_MISSING=1`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+
+import pytest
+
+LOOP_KINDS = ["asyncio", "ferroloop"]
+
+# Upper bound for any subprocess started by the suite (a hang must fail, not block CI).
+SUBPROCESS_TIMEOUT = 60.0
+
+
+def _allow_missing() -> bool:
+    return os.environ.get("FERROLOOP_ALLOW_MISSING") == "1"
+
+
+def import_ferroloop():
+    """Import ferroloop, or fail (skip with FERROLOOP_ALLOW_MISSING=1) the current test."""
+    try:
+        import ferroloop
+    except Exception as exc:  # ImportError, or an error raised while initialising it
+        msg = f"cannot import ferroloop: {exc!r}"
+        if _allow_missing():
+            pytest.skip(msg + " (FERROLOOP_ALLOW_MISSING=1)")
+        pytest.fail(msg, pytrace=False)
+    return ferroloop
+
+
+def factory_for(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """Return the loop factory (a zero-argument callable) for a loop kind."""
+    if kind == "asyncio":
+        return asyncio.SelectorEventLoop
+    if kind == "ferroloop":
+        return import_ferroloop().new_event_loop
+    if kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.new_event_loop
+    raise ValueError(f"unknown loop kind {kind!r}")
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def loop_kind(request) -> str:
+    """The name of the loop implementation under test: "asyncio" or "ferroloop"."""
+    if request.param == "ferroloop":
+        import_ferroloop()
+    return request.param
+
+
+@pytest.fixture
+def loop_factory(loop_kind) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A zero-argument callable creating a new loop of the kind under test.
+
+    Suitable for ``asyncio.Runner(loop_factory=...)`` and (3.12+)
+    ``asyncio.run(..., loop_factory=...)``.
+    """
+    return factory_for(loop_kind)
+
+
+@pytest.fixture
+def loop(loop_factory):
+    """A fresh, not running, not current event loop; closed after the test."""
+    lp = loop_factory()
+    try:
+        yield lp
+    finally:
+        if not lp.is_running() and not lp.is_closed():
+            lp.close()
+        asyncio.set_event_loop(None)
+
+
+# --------------------------------------------------------------------------------------
+# Subprocess helpers
+# --------------------------------------------------------------------------------------
+
+_PREAMBLE = {
+    "asyncio": "import asyncio\nnew_loop = asyncio.SelectorEventLoop\n",
+    "ferroloop": "import asyncio\nimport ferroloop\nnew_loop = ferroloop.new_event_loop\n",
+    "uvloop": "import asyncio\nimport uvloop\nnew_loop = uvloop.new_event_loop\n",
+}
+
+_RUN_HELPER = """
+def run(main, *, debug=None):
+    with asyncio.Runner(loop_factory=new_loop, debug=debug) as runner:
+        return runner.run(main)
+"""
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for child interpreters: ours, minus asyncio debug switches, plus extra."""
+    env = dict(os.environ)
+    for var in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE", "PYTHONWARNINGS"):
+        env.pop(var, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+class Snippet:
+    """Runs Python snippets in a child interpreter on a given loop kind.
+
+    The snippet sees ``asyncio``, ``new_loop`` (the loop factory of the kind under test)
+    and ``run(main, *, debug=None)`` (``asyncio.Runner(loop_factory=new_loop).run(main)``).
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def source(self, code: str) -> str:
+        return _PREAMBLE[self.kind] + _RUN_HELPER + textwrap.dedent(code)
+
+    def argv(self, code: str, *, python_args: tuple[str, ...] = ()) -> list[str]:
+        return [sys.executable, *python_args, "-c", self.source(code)]
+
+    def run(
+        self,
+        code: str,
+        *,
+        env: dict[str, str] | None = None,
+        python_args: tuple[str, ...] = (),
+        timeout: float = SUBPROCESS_TIMEOUT,
+    ) -> subprocess.CompletedProcess:
+        """Run to completion; return the CompletedProcess (text mode, both streams)."""
+        return subprocess.run(
+            self.argv(code, python_args=python_args),
+            capture_output=True,
+            text=True,
+            env=child_env(env),
+            timeout=timeout,
+        )
+
+    def popen(self, code: str, *, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start without waiting; stdout/stderr are text pipes."""
+        return subprocess.Popen(
+            self.argv(code),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(env),
+        )
+
+
+@pytest.fixture
+def snippet(loop_kind) -> Snippet:
+    """A :class:`Snippet` runner bound to the loop kind under test."""
+    return Snippet(loop_kind)
+
+
+@pytest.fixture
+def snippet_for():
+    """``snippet_for(kind)`` -> :class:`Snippet`, for tests comparing loop kinds in one test."""
+
+    def make(kind: str) -> Snippet:
+        if kind == "ferroloop":
+            import_ferroloop()
+        return Snippet(kind)
+
+    return make
+
+
+@pytest.fixture
+def ferroloop():
+    """The ferroloop module (fails the test if it cannot be imported)."""
+    return import_ferroloop()
+
+
+@pytest.fixture
+def run_python():
+    """``run_python(*args, cwd=None, env=None)``: run ``sys.executable *args`` to completion
+    (text mode, captured output, clean asyncio-debug environment)."""
+
+    def run(*args: str, cwd: str | None = None, env: dict[str, str] | None = None):
+        return subprocess.run(
+            [sys.executable, *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=child_env(env),
+            timeout=SUBPROCESS_TIMEOUT,
+        )
+
+    return run

@@ -1,0 +1,189 @@
+"""Garbage collection: reference cycles running through handles and through the loop are
+collectable (the cyclic GC must see the references a loop/handle holds), and loops support
+weak references like stock loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import warnings
+import weakref
+
+import pytest
+
+
+class Holder:
+    """An object whose bound method is scheduled and which stores the handle/loop."""
+
+    def cb(self, *args):
+        pass
+
+
+def _collect():
+    for _ in range(3):
+        gc.collect()
+
+
+def _warm_up(lp):
+    """Run (and drop) some handles and timers, so that any handle recycling an
+    implementation does is exercised by the test that follows."""
+    for i in range(10):
+        lp.call_soon(Holder().cb, i)
+        lp.call_later(0, Holder().cb, i)
+    lp.call_later(0.001, lp.stop)
+    lp.run_forever()
+    _collect()
+
+
+@pytest.fixture
+def loop(loop):
+    """The loop fixture, warmed up with :func:`_warm_up`."""
+    _warm_up(loop)
+    return loop
+
+
+def test_cycle_through_executed_handle_is_collected(loop):
+    """holder.handle = loop.call_soon(holder.cb): after the callback ran, the cycle
+    holder -> handle -> bound method -> holder is freed by gc.collect()."""
+    holder = Holder()
+    holder.handle = loop.call_soon(holder.cb)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    ref = weakref.ref(holder)
+    del holder
+    _collect()
+    assert ref() is None
+
+
+def test_cycle_through_handle_args_is_collected(loop):
+    """A cycle through a handle's positional arguments is collectable."""
+    holder = Holder()
+    holder.handle = loop.call_soon(Holder.cb, holder)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    ref = weakref.ref(holder)
+    del holder
+    _collect()
+    assert ref() is None
+
+
+def test_cycle_through_handle_context_is_collected(loop):
+    """A cycle handle -> context -> value -> handle is collectable."""
+    var = contextvars.ContextVar("holder")
+    holder = Holder()
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, holder)
+    holder.handle = loop.call_soon(Holder.cb, None, context=ctx)
+    del ctx
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    ref = weakref.ref(holder)
+    del holder
+    _collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("method", ["call_later", "call_at"])
+def test_cycle_through_cancelled_timer_is_collected(loop, method):
+    """A pending timer whose callback is a bound method of an object holding the timer
+    handle: after cancel() the object is freed (the loop does not keep it alive)."""
+    holder = Holder()
+    when = 3600 if method == "call_later" else loop.time() + 3600
+    holder.handle = getattr(loop, method)(when, holder.cb)
+    holder.handle.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    ref = weakref.ref(holder)
+    del holder
+    _collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later"])
+def test_close_releases_pending_callbacks(loop, method):
+    """close() drops pending callbacks and timers: an object referenced only by a pending
+    callback (no cycle involved) is freed as soon as the loop is closed."""
+    holder = Holder()
+    if method == "call_soon":
+        loop.call_soon(holder.cb)
+    else:
+        loop.call_later(3600, holder.cb)
+    ref = weakref.ref(holder)
+    del holder
+    assert ref() is not None  # the pending callback keeps it alive
+    loop.close()
+    _collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later"])
+def test_cycle_through_pending_handle_collected_after_close(loop, method):
+    """holder.handle = loop.call_soon/call_later(holder.cb) left pending, then close(): the
+    cycle holder -> handle -> bound method -> holder is freed by gc.collect()."""
+    holder = Holder()
+    if method == "call_soon":
+        holder.handle = loop.call_soon(holder.cb)
+    else:
+        holder.handle = loop.call_later(3600, holder.cb)
+    ref = weakref.ref(holder)
+    del holder
+    loop.close()
+    _collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later"])
+def test_cycle_through_unclosed_loop_is_collected(loop_factory, method):
+    """A cycle loop -> scheduled handle -> bound method -> holder -> loop (the loop stored on
+    an object referenced by a scheduled callback) is freed by gc.collect() even though the
+    loop was never closed."""
+    lp = loop_factory()
+    _warm_up(lp)
+    holder = Holder()
+    holder.loop = lp
+    if method == "call_soon":
+        lp.call_soon(holder.cb)
+    else:
+        lp.call_later(3600, holder.cb)
+    lp.run_until_complete(asyncio.sleep(0))
+    ref = weakref.ref(holder)
+    del lp, holder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        _collect()
+    assert ref() is None
+
+
+def test_loop_supports_weakrefs(loop_factory):
+    """Loops are weak-referenceable and hashable (e.g. WeakKeyDictionary keyed by loop); a
+    closed, unreferenced loop is freed."""
+    lp = loop_factory()
+    registry = weakref.WeakKeyDictionary()
+    registry[lp] = "state"
+    ref = weakref.ref(lp)
+    assert ref() is lp
+    lp.run_until_complete(asyncio.sleep(0))
+    lp.close()
+    del lp
+    _collect()
+    assert ref() is None
+    assert len(registry) == 0
+
+
+def test_task_result_released_after_run(loop):
+    """A coroutine's result object is not retained by the loop after run_until_complete."""
+
+    class Result:
+        pass
+
+    refs = []
+
+    async def produce():
+        r = Result()
+        refs.append(weakref.ref(r))
+        return r
+
+    loop.run_until_complete(produce())
+    _collect()
+    assert refs[0]() is None
