@@ -140,17 +140,17 @@ def test_cycle_through_unclosed_loop_is_collected(loop_factory, method):
     loop was never closed."""
     lp = loop_factory()
     _warm_up(lp)
+    lp.run_until_complete(asyncio.sleep(0))
     holder = Holder()
     holder.loop = lp
     if method == "call_soon":
-        lp.call_soon(holder.cb)
+        lp.call_soon(holder.cb)  # still pending: the loop does not run again
     else:
         lp.call_later(3600, holder.cb)
-    lp.run_until_complete(asyncio.sleep(0))
     ref = weakref.ref(holder)
-    del lp, holder
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
+        del lp, holder
         _collect()
     assert ref() is None
 

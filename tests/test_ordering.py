@@ -4,6 +4,7 @@ interleaving and timer ordering.  Stock asyncio is the oracle."""
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 
@@ -149,7 +150,7 @@ def test_tasks_interleave_at_sleep_zero(loop):
     assert out == ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]
 
 
-DELAYS = (0.05, 0.1, 0.15)
+DELAYS = (0.1, 0.2, 0.3)
 
 
 def test_sequential_sleeps_take_the_sum(loop):
@@ -249,3 +250,33 @@ def test_asyncio_timeout_and_wait_for(loop):
     elapsed_timeout, elapsed_wait_for = loop.run_until_complete(main())
     assert 0.05 - 1e-3 <= elapsed_timeout < 2.0
     assert 0.05 - 1e-3 <= elapsed_wait_for < 2.0
+
+
+def test_random_timers_fire_in_deadline_order(loop):
+    """1000 timers with random deadlines (a random third of them cancelled, some of those
+    from inside other timer callbacks) fire exactly once each, in non-decreasing when()
+    order; cancelled ones never fire."""
+    rng = random.Random(1234)
+    fired = []
+    handles = []
+    for i in range(1000):
+        h = loop.call_later(rng.uniform(0, 0.05), lambda i=i: fired.append(i))
+        handles.append(h)
+    cancelled = set(rng.sample(range(1000), 300))
+    late_cancel = set(sorted(cancelled)[:50])
+    for i in cancelled - late_cancel:
+        handles[i].cancel()
+
+    def cancel_late():
+        for i in late_cancel:
+            handles[i].cancel()
+
+    loop.call_later(0, cancel_late)
+    loop.call_later(0.1, loop.stop)
+    loop.run_forever()
+    expected = set(range(1000)) - cancelled
+    # Timers due before cancel_late ran may legitimately have fired already.
+    assert set(fired) - late_cancel == expected
+    assert len(fired) == len(set(fired))
+    whens = [handles[i].when() for i in fired]
+    assert whens == sorted(whens)
