@@ -3,7 +3,8 @@
 //! They mirror `asyncio.Handle`/`asyncio.TimerHandle` (`cancel`, `cancelled`,
 //! `get_context`, `when`, the same repr) but are native objects, so scheduling a
 //! callback allocates one small object and no Python-level `__init__` runs. The loop's
-//! queues hold them as [`Ready`] entries and run them through [`HandleCore`].
+//! queues hold them as `Py<Handle>` (a timer by its `Handle` part) and run them
+//! through [`HandleCore`].
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -12,6 +13,7 @@ use ferroloop_reactor::timer_heap::note_cancelled;
 use ferroloop_reactor::TimerEntry;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyTuple};
+use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::py_cache::format_callback_source;
@@ -37,6 +39,9 @@ pub(crate) struct CallbackCall {
 pub(crate) struct HandleCore {
     refs: Mutex<CallbackRefs>,
     cancelled: AtomicBool,
+    /// In the loop's timer heap (timers only): only then does cancelling count towards
+    /// a heap rebuild.
+    scheduled: AtomicBool,
     /// Present only for handles created in debug mode; boxed so that the common case
     /// costs one pointer per handle.
     debug: Option<Box<DebugInfo>>,
@@ -65,6 +70,7 @@ impl HandleCore {
                 context: Some(context),
             }),
             cancelled: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
             debug: source_traceback.map(|source_traceback| {
                 Box::new(DebugInfo {
                     source_traceback,
@@ -197,12 +203,13 @@ impl HandleCore {
     }
 }
 
-/// A callback scheduled with `call_soon` or `call_soon_threadsafe`.
+/// A callback scheduled with `call_soon` or `call_soon_threadsafe`, and the base class of
+/// [`TimerHandle`], as in asyncio.
 ///
 /// No `freelist`: PyO3 0.30 hands recycled objects out without re-tracking them in the
 /// garbage collector, so cycles through a reused handle would never be collected
 /// (`tests/test_gc.py` catches it).
-#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, subclass)]
 pub struct Handle {
     pub(crate) core: HandleCore,
 }
@@ -262,24 +269,28 @@ impl Handle {
     }
 }
 
-/// A callback scheduled with `call_later` or `call_at`.
-#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
+/// A callback scheduled with `call_later` or `call_at`. Everything but the deadline and
+/// the cancellation bookkeeping is inherited from [`Handle`].
+#[pyclass(module = "ferroloop._ferroloop", frozen, extends = Handle)]
 pub struct TimerHandle {
-    pub(crate) core: HandleCore,
     when: f64,
-    /// In the loop's timer heap: only then does cancelling count towards a heap rebuild.
-    scheduled: AtomicBool,
     cancel_counter: Arc<AtomicUsize>,
 }
 
 impl TimerHandle {
-    pub(crate) fn new(core: HandleCore, when: f64, cancel_counter: Arc<AtomicUsize>) -> Self {
-        TimerHandle {
-            core,
+    /// Creates the timer object; `core` becomes its `Handle` part, marked as scheduled.
+    pub(crate) fn create(
+        py: Python<'_>,
+        core: HandleCore,
+        when: f64,
+        cancel_counter: Arc<AtomicUsize>,
+    ) -> PyResult<Bound<'_, TimerHandle>> {
+        core.scheduled.store(true, Ordering::Release);
+        let init = PyClassInitializer::from(Handle { core }).add_subclass(TimerHandle {
             when,
-            scheduled: AtomicBool::new(true),
             cancel_counter,
-        }
+        });
+        Bound::new(py, init)
     }
 }
 
@@ -287,20 +298,10 @@ impl TimerHandle {
 impl TimerHandle {
     /// Cancels the call; a cancelled timer never fires.
     fn cancel(slf: &Bound<'_, Self>) {
-        let this = slf.get();
-        if this.core.cancel(slf.as_any()) && this.scheduled.load(Ordering::Acquire) {
-            note_cancelled(&this.cancel_counter);
+        let core = &slf.as_super().get().core;
+        if core.cancel(slf.as_any()) && core.scheduled.load(Ordering::Acquire) {
+            note_cancelled(&slf.get().cancel_counter);
         }
-    }
-
-    /// True if the call was cancelled.
-    fn cancelled(&self) -> bool {
-        self.core.is_cancelled()
-    }
-
-    /// The `contextvars.Context` the callback runs in.
-    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.core.context(py)
     }
 
     /// The absolute time (on `loop.time()`'s clock) the callback is scheduled for.
@@ -308,9 +309,12 @@ impl TimerHandle {
         self.when
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let when = PyFloat::new(py, self.when).str()?;
-        self.core
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        let when = PyFloat::new(py, slf.get().when).str()?;
+        slf.as_super()
+            .get()
+            .core
             .repr(py, "TimerHandle", Some(format!("when={when}")))
     }
 
@@ -320,46 +324,14 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _scheduled(&self) -> bool {
-        self.scheduled.load(Ordering::Acquire)
-    }
-
-    #[getter]
-    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.core.callback(py)
-    }
-
-    #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.core.args(py)
-    }
-
-    #[getter]
-    fn _cancelled(&self) -> bool {
-        self.core.is_cancelled()
-    }
-
-    #[getter]
-    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.core.context(py)
-    }
-
-    #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.core.source_traceback(py)
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.core.traverse(&visit)
-    }
-
-    fn __clear__(&self) {
-        self.core.clear();
+    fn _scheduled(slf: &Bound<'_, Self>) -> bool {
+        slf.as_super().get().core.scheduled.load(Ordering::Acquire)
     }
 }
 
-/// A timer handle as stored in the loop's timer heap.
-pub(crate) struct ScheduledTimer(pub Py<TimerHandle>);
+/// A timer handle as stored in the loop's timer heap (as its `Handle` part, which is what
+/// moves to the ready queue when it is due).
+pub(crate) struct ScheduledTimer(pub Py<Handle>);
 
 impl TimerEntry for ScheduledTimer {
     fn is_cancelled(&self) -> bool {
@@ -367,39 +339,6 @@ impl TimerEntry for ScheduledTimer {
     }
 
     fn mark_unscheduled(&self) {
-        self.0.get().scheduled.store(false, Ordering::Release);
-    }
-}
-
-/// An entry of the ready queue: either kind of handle.
-pub(crate) enum Ready {
-    Soon(Py<Handle>),
-    Timer(Py<TimerHandle>),
-}
-
-impl Ready {
-    /// The shared handle state.
-    #[inline]
-    pub(crate) fn core(&self) -> &HandleCore {
-        match self {
-            Ready::Soon(h) => &h.get().core,
-            Ready::Timer(t) => &t.get().core,
-        }
-    }
-
-    /// The handle as a Python object (for error reports and debug bookkeeping).
-    pub(crate) fn as_any<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
-        match self {
-            Ready::Soon(h) => h.bind(py).as_any(),
-            Ready::Timer(t) => t.bind(py).as_any(),
-        }
-    }
-
-    /// Reports the handle object to the garbage collector.
-    pub(crate) fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        match self {
-            Ready::Soon(h) => visit.call(h),
-            Ready::Timer(t) => visit.call(t),
-        }
+        self.0.get().core.scheduled.store(false, Ordering::Release);
     }
 }

@@ -13,7 +13,7 @@ pub(crate) mod handle;
 mod run;
 mod schedule;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ferroloop_reactor::{monotonic, Poller, PollerEvents, ReadyQueue, SignalPipe, TimerHeap};
@@ -26,7 +26,7 @@ use crate::errors::os_error;
 use crate::ffi;
 use crate::py_cache::FUTURE_TYPE;
 
-use handle::{Handle, Ready, ScheduledTimer, TimerHandle};
+use handle::{Handle, ScheduledTimer, TimerHandle};
 use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
 
 /// Poller token of the signal wake-up socket.
@@ -34,7 +34,7 @@ const SIGNAL_TOKEN: u64 = 0;
 
 /// The queues, guarded together: every access is a short, Python-free critical section.
 struct LoopState {
-    ready: ReadyQueue<Ready>,
+    ready: ReadyQueue<Py<Handle>>,
     timers: TimerHeap<ScheduledTimer>,
 }
 
@@ -68,6 +68,8 @@ pub struct LoopCore {
     closed: AtomicBool,
     stopping: AtomicBool,
     debug: AtomicBool,
+    /// The timer heap's cancellation counter, handed to every new timer handle.
+    timer_cancels: Arc<AtomicUsize>,
     /// `add_signal_handler` handlers exist: their signal numbers arrive through the
     /// signal pipe, so busy iterations must poll it instead of skipping the poll.
     watch_signals: AtomicBool,
@@ -130,7 +132,7 @@ impl LoopCore {
         }
         let core = handle_core(callback, args, context, debug)?;
         let handle = Py::new(py, Handle { core })?;
-        this.state().ready.push(Ready::Soon(handle.clone_ref(py)));
+        this.state().ready.push(handle.clone_ref(py));
         Ok(handle)
     }
 
@@ -154,13 +156,12 @@ impl LoopCore {
             debug_checks(slf.as_any(), &callback, checks)?;
         }
         let core = handle_core(callback, args, context, debug)?;
-        let mut state = this.state();
-        let timer = Py::new(
-            py,
-            TimerHandle::new(core, when, state.timers.cancel_counter()),
-        )?;
-        state.timers.push(when, ScheduledTimer(timer.clone_ref(py)));
-        Ok(timer)
+        // Allocated before taking the lock: an allocation can run the garbage collector,
+        // and finalizers it runs may schedule callbacks on this very loop.
+        let timer = TimerHandle::create(py, core, when, Arc::clone(&this.timer_cancels))?;
+        let as_handle = timer.as_super().clone().unbind();
+        this.state().timers.push(when, ScheduledTimer(as_handle));
+        Ok(timer.unbind())
     }
 }
 
@@ -171,10 +172,12 @@ impl LoopCore {
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let io = IoDriver::new().map_err(os_error)?;
         let resolution = rustix::time::clock_getres(rustix::time::ClockId::Monotonic);
+        let timers = TimerHeap::new();
         Ok(LoopCore {
+            timer_cancels: timers.cancel_counter(),
             state: Mutex::new(LoopState {
                 ready: ReadyQueue::new(),
-                timers: TimerHeap::new(),
+                timers,
             }),
             io: Mutex::new(Some(Arc::new(io))),
             closed: AtomicBool::new(false),
@@ -325,9 +328,7 @@ impl LoopCore {
     /// Queues an existing handle unless it is cancelled (asyncio's `_add_callback`).
     fn _add_callback(&self, handle: &Bound<'_, Handle>) {
         if !handle.get().core.is_cancelled() {
-            self.state()
-                .ready
-                .push(Ready::Soon(handle.clone().unbind()));
+            self.state().ready.push(handle.clone().unbind());
         }
     }
 
@@ -367,8 +368,8 @@ impl LoopCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Ok(state) = self.state.try_lock() {
-            for item in state.ready.iter() {
-                item.visit(&visit)?;
+            for handle in state.ready.iter() {
+                visit.call(handle)?;
             }
             for timer in state.timers.iter() {
                 visit.call(&timer.0)?;

@@ -18,7 +18,7 @@ use crate::errors::os_error;
 use crate::ffi;
 use crate::py_cache::{format_callback_source, ASYNCIO_LOGGER, FORMAT_HANDLE};
 
-use super::handle::{CallbackCall, Ready};
+use super::handle::{CallbackCall, Handle};
 use super::{IoDriver, LoopCore, SIGNAL_TOKEN};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day at a time.
@@ -90,7 +90,7 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
         if !state.timers.is_empty() {
             let end_time = monotonic() + this.clock_resolution;
             while let Some(timer) = state.timers.pop_due(end_time) {
-                state.ready.push(Ready::Timer(timer.0));
+                state.ready.push(timer.0);
             }
         }
         state.ready.take_batch()
@@ -136,9 +136,9 @@ fn poll(py: Python<'_>, io: &IoDriver, timeout: Option<Duration>) -> PyResult<Ve
 /// Runs one ready handle; exceptions other than KeyboardInterrupt/SystemExit go to the
 /// loop's exception handler, as in `asyncio.Handle._run`.
 #[inline]
-fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+fn run_handle(slf: &Bound<'_, LoopCore>, item: &Py<Handle>) -> PyResult<()> {
     let py = slf.py();
-    let Some(call) = item.core().call(py) else {
+    let Some(call) = item.get().core.call(py) else {
         return Ok(());
     };
     match ffi::run_in_context(
@@ -153,12 +153,12 @@ fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
 
 /// Debug mode: track the current handle for the exception handler and log callbacks
 /// slower than `slow_callback_duration`, as `BaseEventLoop._run_once` does.
-fn run_handle_debug(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+fn run_handle_debug(slf: &Bound<'_, LoopCore>, item: &Py<Handle>) -> PyResult<()> {
     let py = slf.py();
-    if item.core().is_cancelled() {
+    if item.get().core.is_cancelled() {
         return Ok(());
     }
-    let handle = item.as_any(py);
+    let handle = item.bind(py).as_any();
     slf.setattr(pyo3::intern!(py, "_current_handle"), handle)?;
     let started = monotonic();
     let outcome = run_handle(slf, item);
@@ -181,7 +181,7 @@ fn run_handle_debug(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
 
 fn report_callback_error(
     slf: &Bound<'_, LoopCore>,
-    item: &Ready,
+    item: &Py<Handle>,
     call: &CallbackCall,
     err: PyErr,
 ) -> PyResult<()> {
@@ -197,8 +197,8 @@ fn report_callback_error(
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {source}"))?;
     context.set_item("exception", err.value(py))?;
-    context.set_item("handle", item.as_any(py))?;
-    if let Some(tb) = item.core().source_traceback(py) {
+    context.set_item("handle", item.bind(py).as_any())?;
+    if let Some(tb) = item.get().core.source_traceback(py) {
         if tb.bind(py).is_truthy()? {
             context.set_item("source_traceback", tb)?;
         }
