@@ -7,8 +7,8 @@
 //! CPython's) so that a program cancelling millions of timers keeps a small heap, and adds
 //! a sequence number so that timers with equal deadlines fire in scheduling order.
 
+use dary_heap::QuaternaryHeap as BinaryHeap;
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
