@@ -67,27 +67,60 @@ pub fn run_in_context(
     outcome
 }
 
-static LOOP_KWNAMES: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
-
-/// `callable(loop=event_loop)`, e.g. `asyncio.Future(loop=self)`.
-pub fn call_with_loop_kw<'py>(
+/// `callable(*positional, **dict(zip(kwnames, keyword_values)))` through vectorcall, so
+/// no argument tuple or keyword dict is built on our side. `kwnames` must hold as many
+/// names as `keyword_values` has values.
+pub fn call_with_kwnames<'py>(
     callable: &Bound<'py, PyAny>,
-    event_loop: &Bound<'py, PyAny>,
+    positional: &[&Bound<'py, PyAny>],
+    kwnames: &Bound<'py, PyTuple>,
+    keyword_values: &[&Bound<'py, PyAny>],
 ) -> PyResult<Bound<'py, PyAny>> {
+    debug_assert_eq!(kwnames.len(), keyword_values.len());
     let py = callable.py();
-    let kwnames = LOOP_KWNAMES
-        .get_or_try_init(py, || {
-            PyTuple::new(py, [PyString::intern(py, "loop")]).map(Bound::unbind)
-        })?
-        .bind(py);
-    let args = [event_loop.as_ptr()];
-    // SAFETY: `args` holds one borrowed object that outlives the call, matched by the
-    // one-element `kwnames` tuple; zero positional arguments. The result is a new
-    // reference or NULL with an exception set.
+    let args: Vec<*mut ffi::PyObject> = positional
+        .iter()
+        .chain(keyword_values)
+        .map(|arg| arg.as_ptr())
+        .collect();
+    // SAFETY: `args` holds borrowed objects that outlive the call: `positional.len()`
+    // positional arguments followed by one value per name in the `kwnames` tuple. The
+    // result is a new reference or NULL with an exception set.
     unsafe {
         Bound::from_owned_ptr_or_err(
             py,
-            ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), 0, kwnames.as_ptr()),
+            ffi::PyObject_Vectorcall(
+                callable.as_ptr(),
+                args.as_ptr(),
+                positional.len(),
+                kwnames.as_ptr(),
+            ),
         )
+    }
+}
+
+/// An interned tuple of keyword names, built once per call site.
+pub struct KwNames {
+    names: &'static [&'static str],
+    cell: PyOnceLock<Py<PyTuple>>,
+}
+
+impl KwNames {
+    /// Declares the names; the tuple is built on first use.
+    pub const fn new(names: &'static [&'static str]) -> Self {
+        KwNames {
+            names,
+            cell: PyOnceLock::new(),
+        }
+    }
+
+    /// The tuple.
+    pub fn get<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyTuple>> {
+        self.cell
+            .get_or_try_init(py, || {
+                PyTuple::new(py, self.names.iter().map(|n| PyString::intern(py, n)))
+                    .map(Bound::unbind)
+            })
+            .map(|t| t.bind(py))
     }
 }

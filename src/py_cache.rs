@@ -33,6 +33,12 @@ impl CachedAttr {
     }
 }
 
+/// `asyncio.tasks`, whose `Task` attribute `loop.create_task()` instantiates (looked up
+/// per call, as asyncio does, so a patched `asyncio.tasks.Task` is honoured).
+pub static TASKS_MODULE: CachedAttr = CachedAttr::new("asyncio", "tasks");
+/// `asyncio.BaseEventLoop`, whose `create_task` runs where the native one hands over
+/// (task factories, debug mode).
+pub static BASE_EVENT_LOOP: CachedAttr = CachedAttr::new("asyncio.base_events", "BaseEventLoop");
 /// `asyncio.futures.Future`: what `loop.create_future()` instantiates.
 pub static FUTURE_TYPE: CachedAttr = CachedAttr::new("asyncio.futures", "Future");
 static FORMAT_CALLBACK_SOURCE: CachedAttr =

@@ -24,7 +24,8 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::ffi;
-use crate::py_cache::FUTURE_TYPE;
+use crate::ffi::KwNames;
+use crate::py_cache::{BASE_EVENT_LOOP, FUTURE_TYPE, TASKS_MODULE};
 
 use handle::{Handle, ScheduledTimer, TimerHandle};
 use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
@@ -253,7 +254,47 @@ impl LoopCore {
 
     /// `asyncio.Future(loop=self)`.
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        ffi::call_with_loop_kw(FUTURE_TYPE.get(slf.py())?, slf.as_any())
+        static KWNAMES: KwNames = KwNames::new(&["loop"]);
+        let py = slf.py();
+        ffi::call_with_kwnames(FUTURE_TYPE.get(py)?, &[], KWNAMES.get(py)?, &[slf.as_any()])
+    }
+
+    /// Wraps `coro` in an `asyncio.Task` on this loop. Without a task factory and outside
+    /// debug mode this is `tasks.Task(coro, loop=self, name=name, context=context)`
+    /// done natively; otherwise asyncio's own `BaseEventLoop.create_task` runs.
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        static TASK_KWNAMES: KwNames = KwNames::new(&["loop", "name", "context"]);
+        static METHOD_KWNAMES: KwNames = KwNames::new(&["name", "context"]);
+        let py = slf.py();
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        let this = slf.get();
+        if this.debug() || !slf.getattr(pyo3::intern!(py, "_task_factory"))?.is_none() {
+            let base_create_task = BASE_EVENT_LOOP
+                .get(py)?
+                .getattr(pyo3::intern!(py, "create_task"))?;
+            return ffi::call_with_kwnames(
+                &base_create_task,
+                &[slf.as_any(), coro],
+                METHOD_KWNAMES.get(py)?,
+                &[name, context],
+            );
+        }
+        this.check_closed()?;
+        let task_type = TASKS_MODULE.get(py)?.getattr(pyo3::intern!(py, "Task"))?;
+        ffi::call_with_kwnames(
+            &task_type,
+            &[coro],
+            TASK_KWNAMES.get(py)?,
+            &[slf.as_any(), name, context],
+        )
     }
 
     /// Stops the loop after the current iteration.
