@@ -217,7 +217,7 @@ pub struct Handle {
 #[pymethods]
 impl Handle {
     /// Cancels the call; a cancelled callback is skipped when its turn comes.
-    fn cancel(slf: &Bound<'_, Self>) {
+    pub(crate) fn cancel(slf: &Bound<'_, Self>) {
         slf.get().core.cancel(slf.as_any());
     }
 

@@ -9,6 +9,7 @@
 //! attributes those inherited methods read (`_closed`, `_stopping`, `_debug`) are
 //! properties backed by the native state below.
 
+mod fd_callbacks;
 pub(crate) mod handle;
 mod run;
 mod schedule;
@@ -27,6 +28,7 @@ use crate::ffi;
 use crate::ffi::KwNames;
 use crate::py_cache::{BASE_EVENT_LOOP, FUTURE_TYPE, TASKS_MODULE};
 
+use fd_callbacks::{fileno, Direction, FdCallbacks};
 use handle::{Handle, ScheduledTimer, TimerHandle};
 use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
 
@@ -37,6 +39,7 @@ const SIGNAL_TOKEN: u64 = 0;
 struct LoopState {
     ready: ReadyQueue<Py<Handle>>,
     timers: TimerHeap<ScheduledTimer>,
+    fds: FdCallbacks,
 }
 
 /// The loop's OS resources. Shared through an `Arc` so the run loop and waking threads
@@ -137,6 +140,70 @@ impl LoopCore {
         Ok(handle)
     }
 
+    /// `add_reader`/`add_writer`: validation as asyncio's `_ensure_fd_no_transport` and
+    /// `_add_reader`, then the (level-triggered) registration.
+    fn add_fd_callback(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        direction: Direction,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let number = fileno(fd)?;
+        this.check_closed()?;
+        let core = handle_core(callback, args, None, this.debug())?;
+        let handle = Py::new(py, Handle { core })?;
+        let io = this.io_driver()?;
+        // `handle` and `fd` stay referenced here, so nothing the registry drops while
+        // the lock is held can be deallocated (and run a finalizer) under it.
+        let (replaced, old_fileobj) = {
+            let mut state = this.state();
+            let fd_number = state.fds.resolve(fd, number)?;
+            state.fds.add(
+                &io.poller,
+                fd_number,
+                fd.clone().unbind(),
+                direction,
+                handle.clone_ref(py),
+            )?
+        };
+        if let Some(replaced) = replaced {
+            Handle::cancel(replaced.bind(py));
+        }
+        drop(old_fileobj);
+        Ok(())
+    }
+
+    /// `remove_reader`/`remove_writer`: True if a callback was removed.
+    fn remove_fd_callback(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        direction: Direction,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        let number = fileno(fd)?;
+        if this.is_closed() {
+            return Ok(false);
+        }
+        let io = this.io_driver()?;
+        let (removed, fileobj) = {
+            let mut state = this.state();
+            let fd_number = state.fds.resolve(fd, number)?;
+            state.fds.remove(&io.poller, fd_number, direction)
+        };
+        drop(fileobj);
+        Ok(match removed {
+            Some(handle) => {
+                Handle::cancel(handle.bind(py));
+                true
+            }
+            None => false,
+        })
+    }
+
     fn schedule_at(
         slf: &Bound<'_, Self>,
         when: f64,
@@ -179,6 +246,7 @@ impl LoopCore {
             state: Mutex::new(LoopState {
                 ready: ReadyQueue::new(),
                 timers,
+                fds: FdCallbacks::default(),
             }),
             io: Mutex::new(Some(Arc::new(io))),
             closed: AtomicBool::new(false),
@@ -297,6 +365,38 @@ impl LoopCore {
         )
     }
 
+    /// Runs `callback(*args)` on every iteration while `fd` is readable.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_fd_callback(slf, fd, callback, args, Direction::Read)
+    }
+
+    /// Runs `callback(*args)` on every iteration while `fd` is writable.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_fd_callback(slf, fd, callback, args, Direction::Write)
+    }
+
+    /// Stops watching `fd` for reading; True if a reader was registered.
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Direction::Read)
+    }
+
+    /// Stops watching `fd` for writing; True if a writer was registered.
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Direction::Write)
+    }
+
     /// Stops the loop after the current iteration.
     fn stop(&self) {
         self.set_stopping(true);
@@ -398,13 +498,18 @@ impl LoopCore {
     /// Releases what `close()` must release: queued callbacks, timers and descriptors.
     fn _close_core(&self) {
         self.closed.store(true, Ordering::Release);
-        let (ready, timers) = {
+        let (ready, timers, fds) = {
             let mut state = self.state();
-            (state.ready.clear(), state.timers.clear())
+            // The poller goes away with the loop: no need to unregister one by one.
+            (
+                state.ready.clear(),
+                state.timers.clear(),
+                state.fds.clear(None),
+            )
         };
         let io = lock(&self.io).take();
         // Outside the locks: dropping handles may run finalizers that call back in.
-        drop((ready, timers, io));
+        drop((ready, timers, fds, io));
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -415,15 +520,22 @@ impl LoopCore {
             for timer in state.timers.iter() {
                 visit.call(&timer.0)?;
             }
+            state.fds.traverse(&visit)?;
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let (ready, timers) = {
+        let io = lock(&self.io).clone();
+        let (ready, timers, fds) = {
             let mut state = self.state();
-            (state.ready.clear(), state.timers.clear())
+            let poller = io.as_ref().map(|io| &io.poller);
+            (
+                state.ready.clear(),
+                state.timers.clear(),
+                state.fds.clear(poller),
+            )
         };
-        drop((ready, timers));
+        drop((ready, timers, fds));
     }
 }

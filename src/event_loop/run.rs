@@ -5,6 +5,7 @@
 //! with the GIL released, run Python signal handlers, move due timers to the ready queue,
 //! then run exactly the callbacks that were ready at that point.
 
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use ferroloop_reactor::{monotonic, Poller};
@@ -74,7 +75,7 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
         io.poller.cancel_sleep();
         Vec::new()
     } else {
-        poll(py, io, timeout)?
+        poll(py, this, io, timeout)?
     };
     // Run Python-level signal handlers now (a SIGINT's KeyboardInterrupt surfaces here),
     // as the stock loop's interrupted `select()` does.
@@ -116,20 +117,45 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
     Ok(())
 }
 
-/// Waits for I/O with the GIL released; returns the signal numbers read from the
-/// signal pipe.
-fn poll(py: Python<'_>, io: &IoDriver, timeout: Option<Duration>) -> PyResult<Vec<u8>> {
+/// Waits for I/O with the GIL released, then queues the reader/writer callbacks of the
+/// descriptors that are ready (asyncio's `_process_events`). Returns the signal numbers
+/// read from the signal pipe.
+fn poll(
+    py: Python<'_>,
+    this: &LoopCore,
+    io: &IoDriver,
+    timeout: Option<Duration>,
+) -> PyResult<Vec<u8>> {
     let mut events = io.events.lock().unwrap_or_else(|e| e.into_inner());
     let poller: &Poller = &io.poller;
     let events_ref = &mut *events;
     py.detach(|| poller.wait(events_ref, timeout))
         .map_err(os_error)?;
     let mut signal_numbers = Vec::new();
-    for ready in events.iter() {
-        if ready.token == SIGNAL_TOKEN {
-            signal_numbers = io.signal_pipe.drain();
+    let mut released = Vec::new();
+    {
+        let mut state = this.state();
+        let state = &mut *state;
+        for ready in events.iter() {
+            if ready.token == SIGNAL_TOKEN {
+                signal_numbers = io.signal_pipe.drain();
+                continue;
+            }
+            let fd = ready.token as RawFd;
+            let mut queue = |handle| state.ready.push(handle);
+            state.fds.ready(
+                py,
+                poller,
+                fd,
+                ready.readable,
+                ready.writable,
+                &mut queue,
+                &mut released,
+            );
         }
     }
+    // Outside the lock: dropping may run finalizers.
+    drop(released);
     Ok(signal_numbers)
 }
 

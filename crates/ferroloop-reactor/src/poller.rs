@@ -161,14 +161,24 @@ impl Poller {
     }
 
     /// Changes what a registered `fd` is watched for.
+    ///
+    /// If the kernel no longer knows the registration (the descriptor was closed, which
+    /// silently drops it from epoll, and its number reused), it is added again: the
+    /// caller's view of what is registered stays the truth.
     pub fn reregister(
         &self,
         fd: BorrowedFd<'_>,
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        epoll::modify(&self.epoll, fd, EventData::new_u64(token), interest.flags())?;
-        Ok(())
+        let data = EventData::new_u64(token);
+        match epoll::modify(&self.epoll, fd, data, interest.flags()) {
+            Err(rustix::io::Errno::NOENT) => {
+                epoll::add(&self.epoll, fd, data, interest.flags())?;
+                Ok(())
+            }
+            result => result.map_err(Into::into),
+        }
     }
 
     /// Stops watching `fd`.
@@ -406,6 +416,21 @@ mod tests {
         }
         poller.deregister(a.as_fd()).unwrap();
         assert!(!poller.has_sources());
+        // Modifying a registration the kernel forgot re-adds it.
+        let write_only = Interest {
+            readable: false,
+            writable: true,
+            edge: false,
+        };
+        poller.register(a.as_fd(), 7, read_only).unwrap();
+        epoll::delete(&poller.epoll, a.as_fd()).unwrap();
+        poller.reregister(a.as_fd(), 7, write_only).unwrap();
+        poller
+            .wait(&mut events, Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(events.iter().next().map(|r| r.writable), Some(true));
+        poller.deregister(a.as_fd()).unwrap();
+        rustix::io::read(&a, &mut [0u8; 1]).unwrap();
         poller.wait(&mut events, Some(Duration::ZERO)).unwrap();
         assert!(events.is_empty());
     }
