@@ -71,7 +71,6 @@ pub fn format_callback_source<'py>(
 pub static EXTRACT_STACK: CachedAttr = CachedAttr::new("asyncio.format_helpers", "extract_stack");
 /// `sys._getframe`, for the stack above.
 pub static GETFRAME: CachedAttr = CachedAttr::new("sys", "_getframe");
-/// asyncio's formatter for slow-callback warnings.
-pub static FORMAT_HANDLE: CachedAttr = CachedAttr::new("asyncio.base_events", "_format_handle");
-/// The `asyncio` logger.
-pub static ASYNCIO_LOGGER: CachedAttr = CachedAttr::new("asyncio.log", "logger");
+/// `asyncio.base_events`: its `logger` and `_format_handle` are looked up per use (only
+/// for slow-callback warnings), as asyncio's own code does, so a patched logger is used.
+pub static BASE_EVENTS_MODULE: CachedAttr = CachedAttr::new("asyncio", "base_events");

@@ -18,7 +18,8 @@ import signal
 import sys
 import threading
 import warnings
-from asyncio import base_events, coroutines, events
+import weakref
+from asyncio import base_events, coroutines, events, selector_events, unix_events
 from asyncio.log import logger
 
 from ._ferroloop import Handle, LoopCore
@@ -39,6 +40,8 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         self._old_agen_hooks = None
         self._old_wakeup_fd: int | None = None
         self._signal_handlers: dict[int, Handle] = {}
+        # fd -> transport owning it; add_reader & co. refuse those descriptors.
+        self._transports: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     # -- running -----------------------------------------------------------------------
 
@@ -102,6 +105,28 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             signal.set_wakeup_fd(old)
         except (ValueError, OSError) as exc:
             logger.info("set_wakeup_fd(%s) failed: %s", old, exc)
+
+    # -- file descriptor callbacks ----------------------------------------------------------
+
+    def add_reader(self, fd, callback, *args) -> None:
+        """Call ``callback(*args)`` on every iteration while ``fd`` is readable."""
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd) -> bool:
+        """Stop watching ``fd`` for reading; return True if it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd, callback, *args) -> None:
+        """Call ``callback(*args)`` on every iteration while ``fd`` is writable."""
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd) -> bool:
+        """Stop watching ``fd`` for writing; return True if it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
 
     # -- signals (the behaviour of asyncio's Unix loop) ------------------------------------
 
@@ -217,6 +242,27 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+
+
+def _adopt(source: type, wanted) -> None:
+    """Give Loop the methods of ``source`` whose names ``wanted`` accepts, unless Loop
+    defines its own. They run unchanged on top of the native ``_add_reader``/
+    ``_add_writer``/``_remove_*``, exactly as they do on the stock selector loop."""
+    for name, value in vars(source).items():
+        if wanted(name) and name not in vars(Loop):
+            setattr(Loop, name, value)
+
+
+# asyncio's socket operations (sock_recv, sock_sendall, sock_connect, sock_accept, ...):
+# try the syscall, and only when it would block wait through a reader/writer callback,
+# with asyncio's cancellation and error handling. The zero-copy sock_sendfile path is the
+# Unix loop's (os.sendfile driven by add_writer). Names differ between Python versions,
+# hence the adoption by prefix rather than a fixed list.
+_adopt(
+    selector_events.BaseSelectorEventLoop,
+    lambda name: name.startswith(("sock_", "_sock_")) or name == "_ensure_fd_no_transport",
+)
+_adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 
 
 def _sighandler_noop(signum, frame):

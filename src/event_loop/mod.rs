@@ -140,15 +140,15 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// `add_reader`/`add_writer`: validation as asyncio's `_ensure_fd_no_transport` and
-    /// `_add_reader`, then the (level-triggered) registration.
+    /// `_add_reader`/`_add_writer`: validation as asyncio's, then the (level-triggered)
+    /// registration.
     fn add_fd_callback(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         direction: Direction,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         let number = fileno(fd)?;
@@ -173,10 +173,10 @@ impl LoopCore {
             Handle::cancel(replaced.bind(py));
         }
         drop(old_fileobj);
-        Ok(())
+        Ok(handle)
     }
 
-    /// `remove_reader`/`remove_writer`: True if a callback was removed.
+    /// `_remove_reader`/`_remove_writer`: True if a callback was removed.
     fn remove_fd_callback(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
@@ -365,35 +365,37 @@ impl LoopCore {
         )
     }
 
-    /// Runs `callback(*args)` on every iteration while `fd` is readable.
+    /// Runs `callback(*args)` on every iteration while `fd` is readable; returns the
+    /// handle (asyncio's `_add_reader`: the public `add_reader` adds the transport check).
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(
+    fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::add_fd_callback(slf, fd, callback, args, Direction::Read)
     }
 
-    /// Runs `callback(*args)` on every iteration while `fd` is writable.
+    /// Runs `callback(*args)` on every iteration while `fd` is writable; returns the
+    /// handle (asyncio's `_add_writer`).
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(
+    fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::add_fd_callback(slf, fd, callback, args, Direction::Write)
     }
 
     /// Stops watching `fd` for reading; True if a reader was registered.
-    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_fd_callback(slf, fd, Direction::Read)
     }
 
     /// Stops watching `fd` for writing; True if a writer was registered.
-    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_fd_callback(slf, fd, Direction::Write)
     }
 

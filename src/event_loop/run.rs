@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::errors::os_error;
 use crate::ffi;
-use crate::py_cache::{format_callback_source, ASYNCIO_LOGGER, FORMAT_HANDLE};
+use crate::py_cache::{format_callback_source, BASE_EVENTS_MODULE};
 
 use super::handle::{CallbackCall, Handle};
 use super::{IoDriver, LoopCore, SIGNAL_TOKEN};
@@ -196,11 +196,16 @@ fn run_handle_debug(slf: &Bound<'_, LoopCore>, item: &Py<Handle>) -> PyResult<()
         .getattr(pyo3::intern!(py, "slow_callback_duration"))?
         .extract()?;
     if elapsed >= slow {
-        let described = FORMAT_HANDLE.get(py)?.call1((handle,))?;
-        ASYNCIO_LOGGER.get(py)?.call_method1(
-            pyo3::intern!(py, "warning"),
-            ("Executing %s took %.3f seconds", described, elapsed),
-        )?;
+        let base_events = BASE_EVENTS_MODULE.get(py)?;
+        let described = base_events
+            .getattr(pyo3::intern!(py, "_format_handle"))?
+            .call1((handle,))?;
+        base_events
+            .getattr(pyo3::intern!(py, "logger"))?
+            .call_method1(
+                pyo3::intern!(py, "warning"),
+                ("Executing %s took %.3f seconds", described, elapsed),
+            )?;
     }
     Ok(())
 }

@@ -67,10 +67,11 @@ the test is recorded as an error ("crash"); one that dies or hangs between tests
 next test and moves on (at most ``MAX_RESTARTS`` restarts per module).  The event pipe is
 moved to fd >= 1000 in the child so that a loop that double-closes low fds cannot break it.
 
-Core set (``--require-core``): ``CORE_MODULES`` plus the non-network tests of the generated
-``test_events.TargetEventLoopTests``.  A core test is *required* when it passed on stock
-asyncio AND ran on the stock loop there; it is a regression unless it also passed and ran on
-the loop under test.  The network rule is ``NETWORK_TEST_PATTERN`` below.
+Core set (``--require-core``): ``CORE_MODULES``, ``REQUIRED_NETWORK_TESTS``, plus the
+non-network tests of the generated ``test_events.TargetEventLoopTests``.  A core test is
+*required* when it passed on stock asyncio AND ran on the stock loop there; it is a
+regression unless it also passed and ran on the loop under test.  The network rule is
+``NETWORK_TEST_PATTERN`` below.
 """
 
 from __future__ import annotations
@@ -126,6 +127,17 @@ NETWORK_TEST_PATTERN = re.compile(
     r"sock|connect|server|datagram|transport|pipe|pty|subprocess|sendfile|reader|writer"
     r"|_fds|ssl|unix|accepted|tcp|udp|ipv6|prompt_cancellation"
 )
+
+#: Network tests that are required already (the socket layer: add_reader/add_writer and
+#: sock_*): module -> pattern on the test method name. test_sock_lowlevel's
+#: create_connection test and test_sendfile's sock_sendfile tests set up a transport or a
+#: server, so they join when transports do.
+REQUIRED_NETWORK_TESTS = {
+    "test_sock_lowlevel": re.compile(r"^test_(?!create_connection)"),
+    "test_events": re.compile(
+        r"^test_(reader_callback|writer_callback|add_fds_after_closing|remove_fds_after_closing)$"
+    ),
+}
 
 #: Full test ids taken out of the core set on purpose (e.g. a test that only checks an
 #: implementation detail of the stock loop).  Empty: every exclusion should be a decision.
@@ -1006,6 +1018,9 @@ def is_core(module: str, test_id: str) -> bool:
     if len(parts) != 3:
         return False
     _, cls, meth = parts
+    required = REQUIRED_NETWORK_TESTS.get(module)
+    if required is not None and required.search(meth):
+        return True
     return cls in CORE_CLASSES.get(module, ()) and not NETWORK_TEST_PATTERN.search(meth)
 
 

@@ -1,0 +1,315 @@
+"""The sock_* methods and DNS helpers, on ferroloop and stock asyncio.
+
+Each test pins stock asyncio's behaviour: immediate and parked operations, large
+transfers, UDP, resolution of addresses, cancellation that leaves nothing registered
+and loses no data, peer resets, and the errors for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import struct
+
+import pytest
+
+
+def nonblocking_pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+@pytest.fixture
+def pair():
+    a, b = nonblocking_pair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def listener():
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(100)
+    srv.setblocking(False)
+    yield srv
+    srv.close()
+
+
+def test_recv_waits_for_data(loop, pair):
+    a, b = pair
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        await loop.sock_sendall(b, b"hello")
+        return await task
+
+    assert loop.run_until_complete(main()) == b"hello"
+
+
+def test_sock_methods_are_coroutines(loop, pair):
+    """As on stock asyncio, sock_* return coroutines (so create_task() accepts them)."""
+    a, b = pair
+
+    async def main():
+        coro = loop.sock_recv(a, 10)
+        assert asyncio.iscoroutine(coro)
+        task = loop.create_task(coro)
+        await loop.sock_sendall(b, b"x")
+        return await task
+
+    assert loop.run_until_complete(main()) == b"x"
+
+
+def test_recv_into_and_large_sendall(loop, pair):
+    a, b = pair
+    payload = os.urandom(4 * 1024 * 1024)
+
+    async def reader():
+        buf = bytearray(65536)
+        got = bytearray()
+        while len(got) < len(payload):
+            n = await loop.sock_recv_into(a, buf)
+            assert n > 0
+            got += buf[:n]
+        return bytes(got)
+
+    async def main():
+        read = asyncio.ensure_future(reader())
+        await loop.sock_sendall(b, payload)
+        return await read
+
+    assert loop.run_until_complete(main()) == payload
+
+
+def test_connect_accept_echo(loop, listener):
+    async def main():
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        try:
+            connecting = asyncio.ensure_future(loop.sock_connect(client, listener.getsockname()))
+            conn, addr = await loop.sock_accept(listener)
+            await connecting
+            with conn:
+                assert addr == client.getsockname()
+                assert conn.gettimeout() == 0  # accepted sockets are non-blocking
+                await loop.sock_sendall(client, b"ping")
+                assert await loop.sock_recv(conn, 10) == b"ping"
+        finally:
+            client.close()
+
+    loop.run_until_complete(main())
+
+
+def test_connect_resolves_localhost(loop, listener):
+    async def main():
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        try:
+            await asyncio.gather(
+                loop.sock_connect(client, ("localhost", listener.getsockname()[1])),
+                loop.sock_accept(listener),
+            )
+            assert client.getpeername() == listener.getsockname()
+        finally:
+            client.close()
+
+    loop.run_until_complete(main())
+
+
+def test_connect_refused(loop):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+
+    async def main():
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            with pytest.raises(ConnectionRefusedError):
+                await loop.sock_connect(client, ("127.0.0.1", port))
+        finally:
+            client.close()
+
+    loop.run_until_complete(main())
+
+
+def test_udp_sendto_recvfrom(loop):
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.setblocking(False)
+        s.bind(("127.0.0.1", 0))
+
+    async def main():
+        receiving = asyncio.ensure_future(loop.sock_recvfrom(b, 100))
+        await asyncio.sleep(0)
+        sent = await loop.sock_sendto(a, b"dgram", b.getsockname())
+        data, addr = await receiving
+        buf = bytearray(10)
+        await loop.sock_sendto(a, b"12345", b.getsockname())
+        n, addr2 = await loop.sock_recvfrom_into(b, buf)
+        return sent, data, addr, bytes(buf[:n]), addr2
+
+    try:
+        sent, data, addr, data2, addr2 = loop.run_until_complete(main())
+        assert (sent, data, data2) == (5, b"dgram", b"12345")
+        assert addr == addr2 == a.getsockname()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_cancelled_recv_leaves_no_reader_and_loses_no_data(loop, pair):
+    a, b = pair
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.remove_reader(a) is False  # nothing left registered
+        b.send(b"kept")
+        return await loop.sock_recv(a, 100)
+
+    assert loop.run_until_complete(main()) == b"kept"
+
+
+def test_peer_reset_raises_connection_reset(loop):
+    async def main():
+        srv = socket.create_server(("127.0.0.1", 0))
+        srv.setblocking(False)
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            _, (conn, _) = await asyncio.gather(
+                loop.sock_connect(client, srv.getsockname()), loop.sock_accept(srv)
+            )
+            # SO_LINGER 0 makes close() send a reset.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            pending = asyncio.ensure_future(loop.sock_recv(client, 100))
+            await asyncio.sleep(0.01)
+            conn.close()
+            with pytest.raises(ConnectionResetError):
+                await pending
+        finally:
+            client.close()
+            srv.close()
+
+    loop.run_until_complete(main())
+
+
+def test_closed_fd_while_waiting_does_not_crash_loop(loop, pair):
+    a, b = pair
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        a.close()
+        await asyncio.sleep(0.01)
+        return task.cancelled()
+
+    assert loop.run_until_complete(main()) is True
+
+
+def test_blocking_socket_rejected_in_debug_mode(loop):
+    a, b = socket.socketpair()
+    loop.set_debug(True)
+    try:
+        with pytest.raises(ValueError, match="the socket must be non-blocking"):
+            loop.run_until_complete(loop.sock_recv(a, 1))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_getaddrinfo_and_getnameinfo(loop):
+    async def main():
+        infos = await loop.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)
+        name = await loop.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST)
+        return infos, name
+
+    infos, name = loop.run_until_complete(main())
+    assert infos[0][4] == ("127.0.0.1", 80)
+    assert name[0] == "127.0.0.1"
+
+
+def test_sock_sendfile(loop, tmp_path, listener):
+    data = os.urandom(300_000)
+    path = tmp_path / "payload"
+    path.write_bytes(data)
+
+    async def main():
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            _, (conn, _) = await asyncio.gather(
+                loop.sock_connect(client, listener.getsockname()), loop.sock_accept(listener)
+            )
+            with conn, open(path, "rb") as f:
+                sending = asyncio.ensure_future(loop.sock_sendfile(client, f))
+                got = bytearray()
+                while len(got) < len(data):
+                    got += await loop.sock_recv(conn, 65536)
+                sent = await sending
+                assert f.tell() == len(data)
+                return sent, bytes(got)
+        finally:
+            client.close()
+
+    sent, got = loop.run_until_complete(main())
+    assert sent == len(data) and got == data
+
+
+def test_sock_sendfile_without_fallback_needs_a_real_file(loop, pair):
+    """A file object without a descriptor cannot use os.sendfile: fallback=False raises
+    SendfileNotAvailableError, the default falls back to plain sends."""
+    a, b = pair
+
+    async def main():
+        with pytest.raises(asyncio.SendfileNotAvailableError):
+            await loop.sock_sendfile(a, io.BytesIO(b"data"), fallback=False)
+        sent = await loop.sock_sendfile(a, io.BytesIO(b"data"))
+        return sent, await loop.sock_recv(b, 10)
+
+    assert loop.run_until_complete(main()) == (4, b"data")
+
+
+def test_sock_sendfile_rejects_datagram_sockets(loop):
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setblocking(False)
+    try:
+        with pytest.raises(ValueError, match="only SOCK_STREAM type sockets are supported"):
+            loop.run_until_complete(loop.sock_sendfile(udp, io.BytesIO(b"x")))
+    finally:
+        udp.close()
+
+
+def test_many_concurrent_socketpairs(loop):
+    pairs = [nonblocking_pair() for _ in range(1000)]
+
+    async def echo(a, b, i):
+        payload = str(i).encode()
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await loop.sock_sendall(b, payload)
+        return await receiving == payload
+
+    async def main():
+        return await asyncio.gather(*(echo(a, b, i) for i, (a, b) in enumerate(pairs)))
+
+    try:
+        assert all(loop.run_until_complete(main()))
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
