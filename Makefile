@@ -10,7 +10,7 @@ EXTRA_PYTHONS ?= 3.12 3.13
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test venv build test-rust test-py test-other-pythons conformance bench lint fmt clean
+.PHONY: help demo test venv build test-rust test-py test-other-pythons conformance bench bench-echo lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ conformance: build ## CPython's test_asyncio on ferroloop vs stock; fails if a c
 
 bench: build ## Micro-benchmark table: ferroloop / uvloop / asyncio, interleaved
 	$(PY) benchmarks/micro.py
+
+bench-echo: build ## TCP echo (sock_* server, client in another process): CPU per request
+	$(PY) benchmarks/echo.py
 
 lint: venv ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --all -- --check

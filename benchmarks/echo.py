@@ -281,7 +281,10 @@ def report(loops, sizes, conn_counts, results, args) -> str:
                         row.append("")
                 rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines = [
+        "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |"
+        for row in rows
+    ]
     meta = (
         f"Python {sys.version.split()[0]}; {args.rounds} round(s) of {args.duration:g} s per "
         "cell; server: sock_accept/sock_recv/sock_sendall; client: separate process, "
