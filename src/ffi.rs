@@ -124,3 +124,37 @@ impl KwNames {
             .map(|t| t.bind(py))
     }
 }
+
+/// Whether the cyclic garbage collector tracks `obj`.
+#[inline]
+pub fn gc_is_tracked(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: callers pass a live object they hold a reference to.
+    unsafe { ffi::PyObject_GC_IsTracked(obj) != 0 }
+}
+
+/// The reference count of `obj`.
+#[inline]
+pub fn refcount(obj: *mut ffi::PyObject) -> isize {
+    // SAFETY: callers pass a live object they hold a reference to.
+    unsafe { ffi::Py_REFCNT(obj) }
+}
+
+/// Stops the collector from tracking `obj` (a no-op if it is not tracked).
+#[inline]
+pub fn gc_untrack(obj: &Bound<'_, PyAny>) {
+    if gc_is_tracked(obj.as_ptr()) {
+        // SAFETY: `obj` is a live, tracked GC object and no collection is running (we
+        // hold the interpreter and are not inside a traversal).
+        unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
+    }
+}
+
+/// Makes the collector track `obj` again (a no-op if it already does).
+#[inline]
+pub fn gc_track(obj: &Bound<'_, PyAny>) {
+    if !gc_is_tracked(obj.as_ptr()) {
+        // SAFETY: `obj` is a live, fully initialised object of a GC type (it was
+        // tracked when created) that is not tracked now.
+        unsafe { ffi::PyObject_GC_Track(obj.as_ptr().cast()) };
+    }
+}

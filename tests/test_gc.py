@@ -187,3 +187,42 @@ def test_task_result_released_after_run(loop):
     loop.run_until_complete(produce())
     _collect()
     assert refs[0]() is None
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later", "cancelled_call_later"])
+def test_kept_handle_is_collectable_after_the_loop_lets_go(loop, method):
+    """A handle the program keeps is visible to the collector once it left the loop's
+    queues (ran, or was dropped as cancelled), so cycles through it are freed."""
+    holder = Holder()
+    if method == "call_soon":
+        holder.handle = loop.call_soon(holder.cb)
+    elif method == "call_later":
+        holder.handle = loop.call_later(0, holder.cb)
+    else:
+        holder.handle = loop.call_later(0, holder.cb)
+        holder.handle.cancel()
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert gc.is_tracked(holder.handle)
+    ref = weakref.ref(holder)
+    del holder
+    _collect()
+    assert ref() is None
+
+
+def test_many_pending_handles_cycle_through_closed_loop(loop_factory):
+    """Pending callbacks whose objects reference the loop: after close() and dropping the
+    loop, everything is freed, kept handles included."""
+    lp = loop_factory()
+    holders = [Holder() for _ in range(300)]
+    for i, holder in enumerate(holders):
+        holder.loop = lp
+        if i % 2:
+            holder.handle = lp.call_later(3600, holder.cb)
+        else:
+            lp.call_soon(holder.cb)
+    lp.close()
+    refs = [weakref.ref(h) for h in holders]
+    del lp, holders, holder
+    _collect()
+    assert all(r() is None for r in refs)

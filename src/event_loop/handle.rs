@@ -329,6 +329,43 @@ impl TimerHandle {
     }
 }
 
+/// Handles the loop owns alone are not tracked by the garbage collector.
+///
+/// A program with many pending callbacks (10k queued from another thread, 100k timers)
+/// otherwise pays for the collector walking every handle on each young-generation pass,
+/// although a handle in a loop queue is reachable from the loop by construction. So a
+/// handle is untracked when it enters the ready queue or the timer heap, the loop's own
+/// traversal reports the contents of the handles only it holds (refcount 1: the loop is
+/// their sole owner, so it may stand in for them), and every way out of the queues goes
+/// through [`release_queued`], which tracks the handle again if anyone else still holds
+/// it. Handles someone else holds while queued are reported as objects, so what they
+/// reference counts as reachable while the loop is alive, which it is.
+pub(crate) fn untrack_queued(handle: &Bound<'_, PyAny>) {
+    crate::ffi::gc_untrack(handle);
+}
+
+/// Hands a handle leaving a loop queue back to the collector (see [`untrack_queued`]).
+pub(crate) fn release_queued(py: Python<'_>, handle: Py<Handle>) {
+    let bound = handle.bind(py);
+    if crate::ffi::refcount(bound.as_ptr()) > 1 {
+        crate::ffi::gc_track(bound.as_any());
+    }
+    drop(handle);
+}
+
+/// The loop's traversal of one queued handle (see [`untrack_queued`]).
+pub(crate) fn visit_queued(
+    handle: &Py<Handle>,
+    visit: &PyVisit<'_>,
+) -> Result<(), PyTraverseError> {
+    let ptr = handle.as_ptr();
+    if !crate::ffi::gc_is_tracked(ptr) && crate::ffi::refcount(ptr) == 1 {
+        handle.get().core.traverse(visit)
+    } else {
+        visit.call(handle)
+    }
+}
+
 /// A timer handle as stored in the loop's timer heap (as its `Handle` part, which is what
 /// moves to the ready queue when it is due).
 pub(crate) struct ScheduledTimer(pub Py<Handle>);

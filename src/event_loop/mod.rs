@@ -81,6 +81,20 @@ pub struct LoopCore {
     clock_resolution: f64,
 }
 
+/// Releases the contents of the queues (loop close or GC clear), outside the locks.
+fn release_all(
+    py: Python<'_>,
+    ready: impl IntoIterator<Item = Py<Handle>>,
+    timers: impl IntoIterator<Item = ScheduledTimer>,
+) {
+    for handle in ready {
+        handle::release_queued(py, handle);
+    }
+    for timer in timers {
+        handle::release_queued(py, timer.0);
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Poisoning means a panic while locked; the data is still consistent for our uses
     // (every critical section is a handful of moves), so carry on.
@@ -136,6 +150,7 @@ impl LoopCore {
         }
         let core = handle_core(callback, args, context, debug)?;
         let handle = Py::new(py, Handle { core })?;
+        handle::untrack_queued(handle.bind(py).as_any());
         this.state().ready.push(handle.clone_ref(py));
         Ok(handle)
     }
@@ -227,6 +242,7 @@ impl LoopCore {
         // Allocated before taking the lock: an allocation can run the garbage collector,
         // and finalizers it runs may schedule callbacks on this very loop.
         let timer = TimerHandle::create(py, core, when, Arc::clone(&this.timer_cancels))?;
+        handle::untrack_queued(timer.as_any());
         let as_handle = timer.as_super().clone().unbind();
         this.state().timers.push(when, ScheduledTimer(as_handle));
         Ok(timer.unbind())
@@ -498,7 +514,7 @@ impl LoopCore {
     }
 
     /// Releases what `close()` must release: queued callbacks, timers and descriptors.
-    fn _close_core(&self) {
+    fn _close_core(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::Release);
         let (ready, timers, fds) = {
             let mut state = self.state();
@@ -511,16 +527,17 @@ impl LoopCore {
         };
         let io = lock(&self.io).take();
         // Outside the locks: dropping handles may run finalizers that call back in.
-        drop((ready, timers, fds, io));
+        release_all(py, ready, timers);
+        drop((fds, io));
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Ok(state) = self.state.try_lock() {
             for handle in state.ready.iter() {
-                visit.call(handle)?;
+                handle::visit_queued(handle, &visit)?;
             }
             for timer in state.timers.iter() {
-                visit.call(&timer.0)?;
+                handle::visit_queued(&timer.0, &visit)?;
             }
             state.fds.traverse(&visit)?;
         }

@@ -19,7 +19,7 @@ use crate::errors::os_error;
 use crate::ffi;
 use crate::py_cache::{format_callback_source, BASE_EVENTS_MODULE};
 
-use super::handle::{CallbackCall, Handle};
+use super::handle::{release_queued, CallbackCall, Handle};
 use super::{IoDriver, LoopCore, SIGNAL_TOKEN};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day at a time.
@@ -64,7 +64,9 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
         (removed, timeout)
     };
     // Cancelled timers are released outside the lock: dropping runs finalizers.
-    drop(removed);
+    for timer in removed {
+        release_queued(py, timer.0);
+    }
 
     let signal_numbers = if timeout == Some(Duration::ZERO)
         && !io.poller.has_sources()
@@ -108,10 +110,10 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
             // KeyboardInterrupt/SystemExit: the rest of this batch still runs later, in
             // order, as with asyncio's deque.
             this.state().ready.requeue_front(batch);
-            drop(item);
+            release_queued(py, item);
             return Err(err);
         }
-        drop(item);
+        release_queued(py, item);
     }
     this.state().ready.recycle(batch);
     Ok(())
