@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, RawFd};
 
-use ferroloop_reactor::{Interest, Poller};
+use ferroloop_reactor::{Interest, Poller, Readiness, ReadyQueue};
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
@@ -173,21 +173,22 @@ impl FdCallbacks {
         }
     }
 
-    /// The callbacks to queue for a readiness report on `fd`; cancelled ones are removed
-    /// instead, as asyncio's `_process_events` does. Removed handles are appended to
+    /// Queues the callbacks a readiness report calls for; cancelled ones are removed
+    /// instead, as asyncio's `_process_events` does. Removed objects are appended to
     /// `released` for the caller to drop outside the lock.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn ready(
         &mut self,
         py: Python<'_>,
         poller: &Poller,
-        fd: RawFd,
-        readable: bool,
-        writable: bool,
-        queue: &mut impl FnMut(Py<Handle>),
+        report: Readiness,
+        queue: &mut ReadyQueue<Py<Handle>>,
         released: &mut Vec<Py<PyAny>>,
     ) {
-        for (ready, direction) in [(readable, Direction::Read), (writable, Direction::Write)] {
+        let fd = report.token as RawFd;
+        for (ready, direction) in [
+            (report.readable, Direction::Read),
+            (report.writable, Direction::Write),
+        ] {
             if !ready {
                 continue;
             }
@@ -202,7 +203,7 @@ impl FdCallbacks {
                 released.extend(handle.map(Py::into_any));
                 released.extend(fileobj);
             } else {
-                queue(handle.clone_ref(py));
+                queue.push(handle.clone_ref(py));
             }
         }
     }

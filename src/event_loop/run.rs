@@ -5,7 +5,6 @@
 //! with the GIL released, run Python signal handlers, move due timers to the ready queue,
 //! then run exactly the callbacks that were ready at that point.
 
-use std::os::fd::RawFd;
 use std::time::Duration;
 
 use ferroloop_reactor::{monotonic, Poller};
@@ -143,17 +142,9 @@ fn poll(
                 signal_numbers = io.signal_pipe.drain();
                 continue;
             }
-            let fd = ready.token as RawFd;
-            let mut queue = |handle| state.ready.push(handle);
-            state.fds.ready(
-                py,
-                poller,
-                fd,
-                ready.readable,
-                ready.writable,
-                &mut queue,
-                &mut released,
-            );
+            state
+                .fds
+                .ready(py, poller, ready, &mut state.ready, &mut released);
         }
     }
     // Outside the lock: dropping may run finalizers.

@@ -14,7 +14,7 @@ pub mod signal_pipe;
 pub mod timer_heap;
 
 pub use clock::monotonic;
-pub use poller::{Interest, Poller, PollerEvents, Token};
+pub use poller::{Interest, Poller, PollerEvents, Readiness, Token};
 pub use ready_queue::ReadyQueue;
 pub use signal_pipe::SignalPipe;
 pub use timer_heap::{TimerEntry, TimerHeap};
