@@ -213,6 +213,23 @@ def test_close_marks_closed_and_is_idempotent(loop):
     assert loop.is_closed()
 
 
+def test_close_releases_every_descriptor(loop_factory):
+    """A loop that ran (timers, a cross-thread wake-up) and was closed leaves no fd open."""
+
+    def open_fds():
+        return set(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _ in range(20):
+        lp = loop_factory()
+        lp.call_soon_threadsafe(lp.stop)
+        lp.call_later(0.001, lp.stop)
+        lp.run_forever()
+        lp.run_forever()
+        lp.close()
+    assert open_fds() == before
+
+
 def test_close_running_loop_raises(loop):
     """close() on a running loop raises RuntimeError('Cannot close a running event loop')."""
     errors = []

@@ -14,6 +14,7 @@ tear-down around the native loop body, ``close``, and the signal wake-up descrip
 from __future__ import annotations
 
 import errno
+import selectors
 import signal
 import sys
 import threading
@@ -107,6 +108,12 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             logger.info("set_wakeup_fd(%s) failed: %s", old, exc)
 
     # -- file descriptor callbacks ----------------------------------------------------------
+
+    @property
+    def _selector(self) -> _SelectorView | None:
+        # asyncio's transports ask the selector what they are registered for (in their
+        # repr()); this answers from the native registry. None once closed, as there.
+        return None if self.is_closed() else _SelectorView(self)
 
     def add_reader(self, fd, callback, *args) -> None:
         """Call ``callback(*args)`` on every iteration while ``fd`` is readable."""
@@ -263,6 +270,56 @@ _adopt(
     lambda name: name.startswith(("sock_", "_sock_")) or name == "_ensure_fd_no_transport",
 )
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
+
+# Transports, servers and the accept loop: asyncio's selector-loop implementations, which
+# drive their sockets through the same native reader/writer layer. The Unix loop adds
+# Unix-socket endpoints, pipes and subprocesses, and the os.sendfile transport path.
+_adopt(
+    selector_events.BaseSelectorEventLoop,
+    lambda name: (name.startswith(("_make_", "_accept_connection")) and name != "_make_self_pipe")
+    or name in ("_start_serving", "_stop_serving", "_sendfile_native"),
+)
+_adopt(
+    unix_events._UnixSelectorEventLoop,
+    lambda name: name.startswith(("_make_", "create_unix_", "_child_watcher")),
+)
+
+
+class _SelectorView:
+    """The read-only part of a ``selectors.BaseSelector`` that asyncio's transports
+    consult: ``get_key(fd).events`` and ``get_map()``, over the native fd registry."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+
+    def get_key(self, fd: int) -> selectors.SelectorKey:
+        events = self._loop._fd_events(fd)
+        if not events:
+            raise KeyError(f"{fd!r} is not registered")
+        return selectors.SelectorKey(fd, fd, events, None)
+
+    def get_map(self) -> _SelectorMapView:
+        return _SelectorMapView(self)
+
+
+class _SelectorMapView:
+    """``get_map()``'s result, enough for ``.get(fd)`` lookups."""
+
+    __slots__ = ("_selector",)
+
+    def __init__(self, selector: _SelectorView) -> None:
+        self._selector = selector
+
+    def get(self, fd: int, default=None):
+        try:
+            return self._selector.get_key(fd)
+        except KeyError:
+            return default
+
+    def __getitem__(self, fd: int) -> selectors.SelectorKey:
+        return self._selector.get_key(fd)
 
 
 def _sighandler_noop(signum, frame):

@@ -173,6 +173,14 @@ impl FdCallbacks {
         }
     }
 
+    /// The events watched on `fd` as a `selectors` mask (`EVENT_READ` = 1,
+    /// `EVENT_WRITE` = 2); 0 when it is not registered.
+    pub(crate) fn events(&self, fd: RawFd) -> u8 {
+        self.entries.get(&fd).map_or(0, |entry| {
+            u8::from(entry.reader.is_some()) | (u8::from(entry.writer.is_some()) << 1)
+        })
+    }
+
     /// Queues the callbacks a readiness report calls for; cancelled ones are removed
     /// instead, as asyncio's `_process_events` does. Removed objects are appended to
     /// `released` for the caller to drop outside the lock.

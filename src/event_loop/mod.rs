@@ -415,6 +415,17 @@ impl LoopCore {
         Self::remove_fd_callback(slf, fd, Direction::Write)
     }
 
+    /// The `selectors` event mask watched on `fd` (an int or a file object; 0 when
+    /// none): what asyncio's transports read from the selector for their `repr()`.
+    fn _fd_events(&self, fd: &Bound<'_, PyAny>) -> PyResult<u8> {
+        let number = fileno(fd)?;
+        let state = self.state();
+        Ok(state
+            .fds
+            .resolve(fd, number)
+            .map_or(0, |fd_number| state.fds.events(fd_number)))
+    }
+
     /// Stops the loop after the current iteration.
     fn stop(&self) {
         self.set_stopping(true);

@@ -67,11 +67,12 @@ the test is recorded as an error ("crash"); one that dies or hangs between tests
 next test and moves on (at most ``MAX_RESTARTS`` restarts per module).  The event pipe is
 moved to fd >= 1000 in the child so that a loop that double-closes low fds cannot break it.
 
-Core set (``--require-core``): ``CORE_MODULES``, ``REQUIRED_NETWORK_TESTS``, plus the
-non-network tests of the generated ``test_events.TargetEventLoopTests``.  A core test is
-*required* when it passed on stock asyncio AND ran on the stock loop there; it is a
-regression unless it also passed and ran on the loop under test.  The network rule is
-``NETWORK_TEST_PATTERN`` below.
+Core set (``--require-core``): every test of every module, minus the deliberate
+exclusions in ``CORE_EXCLUDED_TESTS``.  A core test is *required* when it passed on stock
+asyncio AND ran on the stock loop there; it is a regression unless it also passed and ran
+on the loop under test.  (The set grew with the loop: first the core modules, then
+sockets; since transports, servers, streams, TLS, pipes and subprocesses run too, it is
+the whole suite.)
 """
 
 from __future__ import annotations
@@ -98,49 +99,8 @@ from concurrent.futures import ThreadPoolExecutor
 #: Modules of test_asyncio never run on Linux: Windows-only or proactor-only.
 EXCLUDED_MODULES = frozenset({"test_windows_events", "test_windows_utils", "test_proactor_events"})
 
-#: Modules whose every test that passes on stock (and ran on the stock loop) must pass on
-#: the loop under test.  Add socket/transport modules here as they become required.
-CORE_MODULES = (
-    "test_locks",
-    "test_queues",
-    "test_context",
-    "test_futures2",
-    "test_pep492",
-    "test_taskgroups",
-    "test_timeouts",
-    "test_waitfor",
-    "test_threads",
-    "test_runners",
-    "test_tasks",
-)
-
-#: Additional core tests: module -> class names whose NON-network tests are core.
-CORE_CLASSES = {"test_events": ("TargetEventLoopTests",)}
-
-#: A test method of EventLoopTestsMixin (and its Unix/Subprocess mixins) is a "network" test
-#: when its name mentions sockets, transports, servers, connections, pipes, ptys,
-#: subprocesses, sendfile, fd readers/writers, ssl or unix sockets.  Everything else
-#: (run_until_complete*, call_soon*, call_later, run_in_executor*, signal handling,
-#: timeout_rounding, close*, ...) is core.  test_prompt_cancellation is listed by name
-#: because it awaits loop.sock_recv() although its name does not say so.
-NETWORK_TEST_PATTERN = re.compile(
-    r"sock|connect|server|datagram|transport|pipe|pty|subprocess|sendfile|reader|writer"
-    r"|_fds|ssl|unix|accepted|tcp|udp|ipv6|prompt_cancellation"
-)
-
-#: Network tests that are required already (the socket layer: add_reader/add_writer and
-#: sock_*): module -> pattern on the test method name. test_sock_lowlevel's
-#: create_connection test and test_sendfile's sock_sendfile tests set up a transport or a
-#: server, so they join when transports do.
-REQUIRED_NETWORK_TESTS = {
-    "test_sock_lowlevel": re.compile(r"^test_(?!create_connection)"),
-    "test_events": re.compile(
-        r"^test_(reader_callback|writer_callback|add_fds_after_closing|remove_fds_after_closing)$"
-    ),
-}
-
 #: Full test ids taken out of the core set on purpose (e.g. a test that only checks an
-#: implementation detail of the stock loop).  Empty: every exclusion should be a decision.
+#: implementation detail of the stock loop).  Every exclusion is a decision, with its why.
 CORE_EXCLUDED_TESTS: frozenset[str] = frozenset(
     {
         # Patches and reads `loop._selector` (the stock selector's internals) to check
@@ -148,6 +108,10 @@ CORE_EXCLUDED_TESTS: frozenset[str] = frozenset(
         # The behaviour it protects (a timer never fires early, no busy loop) is covered
         # by tests/test_ordering.py and the poller's cargo tests.
         "test.test_asyncio.test_events.TargetEventLoopTests.test_timeout_rounding",
+        # Counts the selector loop's self-pipe sockets (`_internal_fds`, `_ssock`,
+        # `_csock`) and skips itself on any other loop. ferroloop's wake-up channels are
+        # native; that loop.close() releases them is in tests/test_loop_basics.py.
+        "test.test_asyncio.test_events.TargetEventLoopTests.test_internal_fds",
     }
 )
 
@@ -1008,20 +972,9 @@ def passed_on(rec: TestRecord | None) -> bool:
     return rec is not None and not rec.fixture and rec.outcome == PASS and rec.ours
 
 
-def is_core(module: str, test_id: str) -> bool:
-    """Whether ``test_id`` belongs to the core set (see CORE_MODULES / CORE_CLASSES)."""
-    if test_id in CORE_EXCLUDED_TESTS:
-        return False
-    if module in CORE_MODULES:
-        return True
-    parts = test_id.rsplit(".", 2)
-    if len(parts) != 3:
-        return False
-    _, cls, meth = parts
-    required = REQUIRED_NETWORK_TESTS.get(module)
-    if required is not None and required.search(meth):
-        return True
-    return cls in CORE_CLASSES.get(module, ()) and not NETWORK_TEST_PATTERN.search(meth)
+def is_core(test_id: str) -> bool:
+    """Whether ``test_id`` is required (see the module docstring): all but exclusions."""
+    return test_id not in CORE_EXCLUDED_TESTS
 
 
 def discover_modules() -> list[str]:
@@ -1152,7 +1105,7 @@ def regressions(loop_results, stock_results, modules) -> list[tuple[str, str, bo
         recs = loop_results[m].records
         for test_id, srec in stock_results[m].records.items():
             if passed_on(srec) and not passed_on(recs.get(test_id)):
-                out.append((m, test_id, is_core(m, test_id), recs.get(test_id)))
+                out.append((m, test_id, is_core(test_id), recs.get(test_id)))
     out.sort(key=lambda r: (not r[2], r[1]))  # core regressions first
     return out
 
