@@ -158,3 +158,72 @@ pub fn gc_track(obj: &Bound<'_, PyAny>) {
         unsafe { ffi::PyObject_GC_Track(obj.as_ptr().cast()) };
     }
 }
+
+/// A buffer exported by an object through the buffer protocol, released on drop.
+struct ExportedBuffer {
+    view: ffi::Py_buffer,
+}
+
+impl ExportedBuffer {
+    /// Exports `obj`'s memory as one C-contiguous run of bytes, whatever its item format
+    /// (`PyBUF_SIMPLE`, what `socket.send` asks for), writable if `writable`.
+    fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+        let flags = if writable {
+            ffi::PyBUF_WRITABLE
+        } else {
+            ffi::PyBUF_SIMPLE
+        };
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        // SAFETY: `view` is writable storage for one Py_buffer; on success CPython fills
+        // it and we release it exactly once (Drop); on failure it stays untouched.
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) } < 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        // SAFETY: PyObject_GetBuffer succeeded, so `view` is initialised.
+        Ok(ExportedBuffer {
+            view: unsafe { view.assume_init() },
+        })
+    }
+
+    fn len(&self) -> usize {
+        usize::try_from(self.view.len).unwrap_or(0)
+    }
+}
+
+impl Drop for ExportedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the view was obtained from PyObject_GetBuffer and not yet released;
+        // drops only happen with the interpreter attached (the buffer never leaves the
+        // functions below, which hold `py`).
+        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+    }
+}
+
+/// Calls `f` with the bytes of a bytes-like object (any C-contiguous buffer), as
+/// `socket.send` reads its argument.
+pub fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    let buffer = ExportedBuffer::new(obj, false)?;
+    let len = buffer.len();
+    if len == 0 {
+        return Ok(f(&[]));
+    }
+    // SAFETY: the exporter guarantees `len` readable bytes at `buf` while the export is
+    // held; `buffer` outlives the slice, and `f` gets no access to Python through it.
+    let bytes = unsafe { std::slice::from_raw_parts(buffer.view.buf as *const u8, len) };
+    Ok(f(bytes))
+}
+
+/// Calls `f` with the memory of a writable bytes-like object, as `socket.recv_into`
+/// fills its argument.
+pub fn with_bytes_mut<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
+    let buffer = ExportedBuffer::new(obj, true)?;
+    let len = buffer.len();
+    if len == 0 {
+        return Ok(f(&mut []));
+    }
+    // SAFETY: a writable export guarantees `len` writable bytes at `buf` while held;
+    // resizing exporters (bytearray) refuse to resize while exported, and `f` gets no
+    // access to Python through which another alias could be used meanwhile.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(buffer.view.buf.cast::<u8>(), len) };
+    Ok(f(bytes))
+}

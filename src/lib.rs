@@ -8,6 +8,7 @@ mod errors;
 mod event_loop;
 mod ffi;
 mod py_cache;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -19,4 +20,6 @@ mod _ferroloop {
     use crate::event_loop::handle::{Handle, TimerHandle};
     #[pymodule_export]
     use crate::event_loop::LoopCore;
+    #[pymodule_export]
+    use crate::transport::SocketTransportCore;
 }

@@ -74,3 +74,5 @@ pub static GETFRAME: CachedAttr = CachedAttr::new("sys", "_getframe");
 /// `asyncio.base_events`: its `logger` and `_format_handle` are looked up per use (only
 /// for slow-callback warnings), as asyncio's own code does, so a patched logger is used.
 pub static BASE_EVENTS_MODULE: CachedAttr = CachedAttr::new("asyncio", "base_events");
+/// `asyncio.log`, whose `logger` is looked up per use (rare warnings), as asyncio does.
+pub static ASYNCIO_LOG_MODULE: CachedAttr = CachedAttr::new("asyncio", "log");

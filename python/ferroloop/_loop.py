@@ -20,10 +20,19 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, coroutines, events, selector_events, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    coroutines,
+    events,
+    selector_events,
+    sslproto,
+    unix_events,
+)
 from asyncio.log import logger
 
 from ._ferroloop import Handle, LoopCore
+from ._transports import SocketTransport
 
 __all__ = ["Loop"]
 
@@ -134,6 +143,42 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         """Stop watching ``fd`` for writing; return True if it was watched."""
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
+
+    # -- transports ----------------------------------------------------------------------
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        self._ensure_fd_no_transport(sock)
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        # TLS is asyncio's SSLProtocol (a BufferedProtocol) over a plain socket transport,
+        # so ssl.SSLContext objects and the stock handshake/shutdown logic apply as is.
+        self._ensure_fd_no_transport(rawsock)
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     # -- signals (the behaviour of asyncio's Unix loop) ------------------------------------
 
@@ -271,8 +316,9 @@ _adopt(
 )
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 
-# Transports, servers and the accept loop: asyncio's selector-loop implementations, which
-# drive their sockets through the same native reader/writer layer. The Unix loop adds
+# Servers and the accept loop, datagram transports: asyncio's selector-loop
+# implementations, driving their sockets through the same native reader/writer layer
+# (stream transports are ferroloop's own, defined on Loop above). The Unix loop adds
 # Unix-socket endpoints, pipes and subprocesses, and the os.sendfile transport path.
 _adopt(
     selector_events.BaseSelectorEventLoop,

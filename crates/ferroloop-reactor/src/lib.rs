@@ -3,7 +3,8 @@
 //! Everything here is plain Rust so it can be tested with `cargo test` and read without
 //! knowing PyO3: the loop's clock, the timer heap with cancellation bookkeeping, the
 //! ready queue with asyncio's "run what was ready when the phase began" rule, and the
-//! epoll poller with its cross-thread waker. The binding crate stores Python handles in
+//! epoll poller with its cross-thread waker, and the non-blocking socket calls of the
+//! stream transports. The binding crate stores Python handles in
 //! these containers; the containers never drop an entry behind the caller's back, so the
 //! binding decides when (and outside which locks) Python objects are released.
 
@@ -11,6 +12,7 @@ pub mod clock;
 pub mod poller;
 pub mod ready_queue;
 pub mod signal_pipe;
+pub mod stream_io;
 pub mod timer_heap;
 
 pub use clock::monotonic;

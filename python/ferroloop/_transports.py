@@ -1,0 +1,284 @@
+"""``SocketTransport``: the stream transport of TCP and Unix-socket connections.
+
+The per-byte work (reading on readiness, ``write()``, draining queued bytes) is native,
+in :class:`~ferroloop._ferroloop.SocketTransportCore`. This class is the rest: what runs
+once per connection or on errors, written to behave exactly as asyncio's selector
+transport (same callbacks in the same order, same messages, same warnings).
+
+The state the native hot paths share with these methods (``_conn_lost``, ``_closing``,
+``_eof``, ``_empty_waiter``, ``_protocol``) lives in the core; the properties below give
+it the attribute names asyncio's transports use, which libraries and asyncio's own
+helpers (``loop.sendfile``, ``start_tls``) read.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from asyncio import base_events, constants, futures, protocols, transports, trsock
+from asyncio.log import logger
+
+from ._ferroloop import SocketTransportCore
+
+__all__ = ["SocketTransport"]
+
+# Servers count their transports; 3.13 also keeps them (for close_clients()).
+_SERVER_TRACKS_TRANSPORTS = sys.version_info >= (3, 13)
+
+
+def _core_attribute(name: str, doc: str) -> property:
+    def get(self):
+        return getattr(self._core, name)
+
+    def set(self, value):
+        setattr(self._core, name, value)
+
+    return property(get, set, doc=doc)
+
+
+class SocketTransport(transports._FlowControlMixin, transports.Transport):
+    """A connected stream socket (TCP or Unix) driven by a ferroloop loop."""
+
+    __module__ = "ferroloop"
+
+    max_size = 256 * 1024  # What one read may return, as asyncio's transports.
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    _conn_lost = _core_attribute("conn_lost", "Non-zero once connection_lost is scheduled.")
+    _closing = _core_attribute("closing", "Set by close().")
+    _eof = _core_attribute("eof", "Set by write_eof().")
+    _empty_waiter = _core_attribute("empty_waiter", "The future loop.sendfile() waits on.")
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._core = SocketTransportCore(self, loop, self._sock_fd)
+        # The bound native method, looked up once: user code calls write() per message.
+        self.write = self._core.write
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._server = server
+        self._paused = False
+        if server is not None:
+            _attach(server, self)
+        loop._transports[self._sock_fd] = self
+        # Disable Nagle: small writes go out without waiting for the peer's ACK.
+        base_events._set_nodelay(sock)
+
+        loop.call_soon(protocol.connection_made, self)
+        # Reading starts only after connection_made() ran.
+        loop.call_soon(self._add_reader, self._sock_fd, self._core._read_ready)
+        if waiter is not None:
+            # And the waiter learns of the connection only after connection_made() too.
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._loop is not None and not self._loop.is_closed():
+            events = self._loop._fd_events(self._sock_fd)
+            info.append("read=polling" if events & 1 else "read=idle")
+            state = "polling" if events & 2 else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    # -- protocol ------------------------------------------------------------------------
+
+    @property
+    def _protocol(self):
+        return self._core.protocol
+
+    @_protocol.setter
+    def _protocol(self, protocol) -> None:
+        self._core.set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+
+    def set_protocol(self, protocol) -> None:
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self):
+        return self._protocol
+
+    # -- reading -------------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self.is_closing() and not self._paused
+
+    def pause_reading(self) -> None:
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._loop._remove_reader(self._sock_fd)
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._add_reader(self._sock_fd, self._core._read_ready)
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _add_reader(self, fd, callback, *args) -> None:
+        # Scheduled at construction and by resume_reading(): a pause or close in between
+        # wins.
+        if not self.is_reading():
+            return
+        self._loop._add_reader(fd, callback, *args)
+
+    def _read_ready__on_eof(self) -> None:
+        # Called by the core when the peer closed its sending side.
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if keep_open:
+            # Half-closed: the protocol may still write, but nothing more will arrive.
+            self._loop._remove_reader(self._sock_fd)
+        else:
+            self.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, data) -> None:
+        """Send ``data`` now as far as the socket takes it; queue the rest.
+
+        (Instances bind the native method directly over this one, see __init__.)
+        """
+        self._core.write(data)
+
+    def writelines(self, list_of_data) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self.get_write_buffer_size():
+            self._core.shutdown_write()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def _make_empty_waiter(self):
+        # loop.sendfile(): a future resolved once everything queued has been sent.
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        waiter = self._loop.create_future()
+        self._empty_waiter = waiter
+        if not self.get_write_buffer_size():
+            waiter.set_result(None)
+        return waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+
+    # -- closing -------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; once queued bytes are sent, close and call connection_lost(None)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._loop._remove_reader(self._sock_fd)
+        if not self.get_write_buffer_size():
+            self._conn_lost += 1
+            self._loop._remove_writer(self._sock_fd)
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        """Close at once, dropping queued bytes; connection_lost(None) follows."""
+        self._force_close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on transport") -> None:
+        # OS errors are the peer's doing (reset, broken pipe): logged in debug mode only.
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc) -> None:
+        if self._conn_lost:
+            return
+        if self.get_write_buffer_size():
+            self._core.clear_write_buffer()
+            self._loop._remove_writer(self._sock_fd)
+        if not self._closing:
+            self._closing = True
+            self._loop._remove_reader(self._sock_fd)
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._core.release()
+            self._loop = None
+            server = self._server
+            if server is not None:
+                _detach(server, self)
+                self._server = None
+        if self._empty_waiter is not None:
+            self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            if _SERVER_TRACKS_TRANSPORTS and self._server is not None:
+                _detach(self._server, self)
+
+
+def _attach(server, transport) -> None:
+    if _SERVER_TRACKS_TRANSPORTS:
+        server._attach(transport)
+    else:
+        server._attach()
+
+
+def _detach(server, transport) -> None:
+    if _SERVER_TRACKS_TRANSPORTS:
+        server._detach(transport)
+    else:
+        server._detach()

@@ -1,0 +1,15 @@
+//! Stream transports: the per-byte half of `ferroloop.SocketTransport`.
+//!
+//! A transport's hot operations (reading when the socket is readable and handing the
+//! bytes to the protocol, `write()` trying the socket at once, draining the pending
+//! buffer when the socket becomes writable) are native, in [`SocketTransportCore`].
+//! Everything that runs once per connection or on errors (construction, `close()`,
+//! `abort()`, fatal-error reporting, `connection_lost`, flow-control callbacks, `repr`)
+//! is Python in `python/ferroloop/_transports.py`, which subclasses `asyncio.Transport`
+//! so `isinstance` checks hold. A PyO3 type cannot share a base with
+//! `asyncio.BaseTransport` (its `__slots__` make the layouts conflict), hence the split
+//! into a Python transport that owns a native core rather than one class.
+
+mod socket;
+
+pub use socket::SocketTransportCore;

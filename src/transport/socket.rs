@@ -1,0 +1,510 @@
+//! [`SocketTransportCore`]: the native state and hot paths of a socket transport.
+//!
+//! The semantics are those of asyncio's `_SelectorSocketTransport`: the reader callback
+//! reads once per readiness (up to 256 KiB, or into a `BufferedProtocol`'s buffer),
+//! `write()` sends immediately when nothing is queued and queues only the rest, and the
+//! queue drains when the socket becomes writable, after which a pending `close()` or
+//! `write_eof()` completes. Errors and rare cases call back into the Python transport
+//! (`_fatal_error`, `_read_ready__on_eof`, `_maybe_pause_protocol`, ...) so there is one
+//! implementation of each.
+
+use std::cell::RefCell;
+use std::io::{self, ErrorKind};
+use std::os::fd::RawFd;
+
+use ferroloop_reactor::stream_io;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::errors::os_error;
+use crate::ffi;
+use crate::py_cache::ASYNCIO_LOG_MODULE;
+
+/// How much one read may take: asyncio's `max_size` for socket transports.
+const MAX_READ: usize = 256 * 1024;
+
+/// After this many writes to a lost connection, each further one is logged (asyncio's
+/// `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    /// The buffer reads land in before being copied into a `bytes` of the right size.
+    /// One per thread (a loop runs on one thread), so 10,000 idle connections do not
+    /// each hold 256 KiB; not shared between threads, so no lock is needed.
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ].into_boxed_slice());
+}
+
+/// Bytes `write()` could not send yet, consumed from the front without shifting the
+/// rest on every partial send.
+#[derive(Default)]
+struct PendingWrites {
+    data: Vec<u8>,
+    sent: usize,
+}
+
+impl PendingWrites {
+    fn len(&self) -> usize {
+        self.data.len() - self.sent
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn unsent(&self) -> &[u8] {
+        &self.data[self.sent..]
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.sent > 0 && self.sent >= self.data.len() / 2 {
+            self.data.drain(..self.sent);
+            self.sent = 0;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+
+    fn consume(&mut self, count: usize) {
+        self.sent += count;
+        if self.sent >= self.data.len() {
+            self.data.clear();
+            self.sent = 0;
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = PendingWrites::default();
+    }
+}
+
+/// What a `write()` did, decided while the core was borrowed and acted on after.
+enum WriteOutcome {
+    /// Everything was sent, or there was nothing to send.
+    Done,
+    /// The connection is lost: the data is dropped (and counted, as asyncio does).
+    Dropped { earlier_drops: u32 },
+    /// Some bytes were queued and the queue was empty: start watching for writability.
+    QueuedFirst,
+    /// Bytes were appended to a non-empty queue.
+    Queued,
+    /// The send failed.
+    Failed(io::Error),
+}
+
+/// The native state of one socket transport: its descriptor, protocol, pending writes
+/// and the flags the hot paths read. The Python transport reads and writes the flags
+/// through the properties below.
+#[pyclass(module = "ferroloop._ferroloop")]
+pub struct SocketTransportCore {
+    /// The socket's descriptor; -1 once the transport released it (the socket object
+    /// closes it, and the number may be reused, so the core must not touch it again).
+    fd: RawFd,
+    /// The Python transport this core belongs to, for the cold paths.
+    transport: Option<Py<PyAny>>,
+    /// The loop, for `_add_writer`/`_remove_writer`.
+    event_loop: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    /// Whether `protocol` is a `BufferedProtocol` (read into its buffer).
+    buffered: bool,
+    pending: PendingWrites,
+    /// asyncio's `_conn_lost`: non-zero once the connection is being torn down, then
+    /// counting writes dropped since.
+    #[pyo3(get, set)]
+    conn_lost: u32,
+    #[pyo3(get, set)]
+    closing: bool,
+    #[pyo3(get, set)]
+    eof: bool,
+    /// The future `loop.sendfile()` waits on for the queue to drain.
+    #[pyo3(get, set)]
+    empty_waiter: Option<Py<PyAny>>,
+}
+
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// Runs a non-blocking socket call, retrying on `EINTR` (PEP 475; Python runs the signal
+/// handlers at its next check).
+fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+impl SocketTransportCore {
+    fn transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.transport.as_ref().map(|t| t.bind(py).clone())
+    }
+
+    /// Reports `err` through the transport's `_fatal_error` (which logs or calls the
+    /// exception handler and force-closes), unless it is `KeyboardInterrupt` or
+    /// `SystemExit`, which propagate as in asyncio.
+    fn fatal(transport: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = transport.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        transport.call_method1(
+            intern!(py, "_fatal_error"),
+            (err.into_value(py), message),
+        )?;
+        Ok(())
+    }
+
+    fn read_bytes(
+        fd: RawFd,
+        protocol: &Bound<'_, PyAny>,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = protocol.py();
+        let received = retry_interrupted(|| {
+            READ_SCRATCH.with_borrow_mut(|scratch| {
+                stream_io::recv(fd, scratch).map(|n| (n > 0).then(|| PyBytes::new(py, &scratch[..n])))
+            })
+        });
+        let data = match received {
+            Ok(Some(data)) => data,
+            Ok(None) => {
+                transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+                return Ok(());
+            }
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(err) => {
+                return Self::fatal(transport, os_error(err), "Fatal read error on socket transport")
+            }
+        };
+        if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+            return Self::fatal(
+                transport,
+                err,
+                "Fatal error: protocol.data_received() call failed.",
+            );
+        }
+        Ok(())
+    }
+
+    fn read_into_protocol(
+        fd: RawFd,
+        protocol: &Bound<'_, PyAny>,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = protocol.py();
+        let buffer = protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|buffer| match buffer.len()? {
+                0 => Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer")),
+                _ => Ok(buffer),
+            });
+        let buffer = match buffer {
+            Ok(buffer) => buffer,
+            Err(err) => {
+                return Self::fatal(transport, err, "Fatal error: protocol.get_buffer() call failed.")
+            }
+        };
+        let received = ffi::with_bytes_mut(&buffer, |memory| {
+            retry_interrupted(|| stream_io::recv(fd, memory))
+        })
+        .and_then(|result| match result {
+            Ok(n) => Ok(Some(n)),
+            Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(None),
+            Err(err) => Err(os_error(err)),
+        });
+        match received {
+            Ok(None) => Ok(()),
+            Ok(Some(0)) => {
+                transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+                Ok(())
+            }
+            Ok(Some(n)) => match protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
+                Ok(_) => Ok(()),
+                Err(err) => Self::fatal(
+                    transport,
+                    err,
+                    "Fatal error: protocol.buffer_updated() call failed.",
+                ),
+            },
+            Err(err) => Self::fatal(transport, err, "Fatal read error on socket transport"),
+        }
+    }
+
+    /// Starts (`watch` true) or stops calling `_write_ready` when the socket is
+    /// writable, through the loop's `_add_writer`/`_remove_writer`.
+    fn watch_writable(slf: &Bound<'_, Self>, watch: bool) -> PyResult<()> {
+        let py = slf.py();
+        let (event_loop, fd) = {
+            let this = slf.borrow();
+            (this.event_loop.as_ref().map(|l| l.clone_ref(py)), this.fd)
+        };
+        let Some(event_loop) = event_loop else {
+            return Ok(());
+        };
+        if watch {
+            let callback = slf.getattr(intern!(py, "_write_ready"))?;
+            event_loop.call_method1(py, intern!(py, "_add_writer"), (fd, callback))?;
+        } else {
+            event_loop.call_method1(py, intern!(py, "_remove_writer"), (fd,))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl SocketTransportCore {
+    #[new]
+    fn new(transport: Py<PyAny>, event_loop: Py<PyAny>, fd: RawFd) -> Self {
+        SocketTransportCore {
+            fd,
+            transport: Some(transport),
+            event_loop: Some(event_loop),
+            protocol: None,
+            buffered: false,
+            pending: PendingWrites::default(),
+            conn_lost: 0,
+            closing: false,
+            eof: false,
+            empty_waiter: None,
+        }
+    }
+
+    /// The socket's descriptor, -1 once released.
+    #[getter]
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The protocol data is delivered to.
+    #[getter]
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    /// Switches the protocol; `buffered` says whether it is a `BufferedProtocol`.
+    fn set_protocol(&mut self, protocol: Option<Py<PyAny>>, buffered: bool) {
+        self.protocol = protocol;
+        self.buffered = buffered;
+    }
+
+    /// The reader callback: one read, delivered to the protocol.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (fd, protocol, transport, buffered) = {
+            let this = slf.borrow();
+            if this.conn_lost > 0 {
+                return Ok(());
+            }
+            let (Some(protocol), Some(transport)) = (&this.protocol, this.transport(py)) else {
+                return Ok(());
+            };
+            (this.fd, protocol.bind(py).clone(), transport, this.buffered)
+        };
+        if buffered {
+            Self::read_into_protocol(fd, &protocol, &transport)
+        } else {
+            Self::read_bytes(fd, &protocol, &transport)
+        }
+    }
+
+    /// `transport.write(data)`: send now what the socket takes, queue the rest.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            let name = data.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                name.repr()?
+            )));
+        }
+        let outcome = {
+            let mut this = slf.borrow_mut();
+            if this.eof {
+                return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            }
+            if this.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
+            let was_empty = this.pending.is_empty();
+            let exported = ffi::with_bytes(data, |bytes| {
+                if bytes.is_empty() {
+                    WriteOutcome::Done
+                } else if this.conn_lost > 0 {
+                    this.conn_lost += 1;
+                    WriteOutcome::Dropped {
+                        earlier_drops: this.conn_lost - 1,
+                    }
+                } else if !was_empty {
+                    this.pending.push(bytes);
+                    WriteOutcome::Queued
+                } else {
+                    match retry_interrupted(|| stream_io::send(this.fd, bytes)) {
+                        Ok(n) if n == bytes.len() => WriteOutcome::Done,
+                        Ok(n) => {
+                            this.pending.push(&bytes[n..]);
+                            WriteOutcome::QueuedFirst
+                        }
+                        Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                            this.pending.push(bytes);
+                            WriteOutcome::QueuedFirst
+                        }
+                        Err(err) => WriteOutcome::Failed(err),
+                    }
+                }
+            });
+            match exported {
+                Ok(outcome) => outcome,
+                // Not exportable as contiguous bytes: `socket.send` would have raised
+                // this inside the transport's error handling.
+                Err(err) if was_empty && this.conn_lost == 0 => {
+                    let transport = this.transport(py);
+                    drop(this);
+                    return match transport {
+                        Some(t) => Self::fatal(&t, err, "Fatal write error on socket transport"),
+                        None => Err(err),
+                    };
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        let Some(transport) = slf.borrow().transport(py) else {
+            return Ok(());
+        };
+        match outcome {
+            WriteOutcome::Done => Ok(()),
+            WriteOutcome::Dropped { earlier_drops } => {
+                if earlier_drops >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                    ASYNCIO_LOG_MODULE
+                        .get(py)?
+                        .getattr(intern!(py, "logger"))?
+                        .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
+                }
+                Ok(())
+            }
+            WriteOutcome::QueuedFirst => {
+                Self::watch_writable(slf, true)?;
+                transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+                Ok(())
+            }
+            WriteOutcome::Queued => {
+                transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+                Ok(())
+            }
+            WriteOutcome::Failed(err) => {
+                Self::fatal(&transport, os_error(err), "Fatal write error on socket transport")
+            }
+        }
+    }
+
+    /// The writer callback: send queued bytes; once the queue is empty, stop watching
+    /// and finish a pending `close()` or `write_eof()`.
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (sent, transport) = {
+            let mut this = slf.borrow_mut();
+            if this.conn_lost > 0 || this.pending.is_empty() {
+                return Ok(());
+            }
+            let fd = this.fd;
+            let sent = retry_interrupted(|| stream_io::send(fd, this.pending.unsent()));
+            if let Ok(n) = sent {
+                this.pending.consume(n);
+            }
+            (sent, this.transport(py))
+        };
+        let Some(transport) = transport else {
+            return Ok(());
+        };
+        match sent {
+            Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(()),
+            Err(err) => {
+                Self::watch_writable(slf, false)?;
+                slf.borrow_mut().pending.clear();
+                let exc = os_error(err).into_value(py);
+                transport.call_method1(
+                    intern!(py, "_fatal_error"),
+                    (exc.clone_ref(py), "Fatal write error on socket transport"),
+                )?;
+                let waiter = slf.borrow().empty_waiter.as_ref().map(|w| w.clone_ref(py));
+                if let Some(waiter) = waiter {
+                    waiter.call_method1(py, intern!(py, "set_exception"), (exc,))?;
+                }
+                Ok(())
+            }
+            Ok(_) => {
+                // May queue more (a protocol writing from resume_writing()).
+                transport.call_method0(intern!(py, "_maybe_resume_protocol"))?;
+                let (drained, waiter, closing, eof, fd) = {
+                    let this = slf.borrow();
+                    (
+                        this.pending.is_empty(),
+                        this.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                        this.closing,
+                        this.eof,
+                        this.fd,
+                    )
+                };
+                if !drained {
+                    return Ok(());
+                }
+                Self::watch_writable(slf, false)?;
+                if let Some(waiter) = waiter {
+                    waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
+                }
+                if closing {
+                    transport.call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
+                } else if eof {
+                    stream_io::shutdown_write(fd).map_err(os_error)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes queued and not yet sent.
+    fn get_write_buffer_size(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Drops everything queued (an aborted or failed connection).
+    fn clear_write_buffer(&mut self) {
+        self.pending.clear();
+    }
+
+    /// `shutdown(SHUT_WR)` on the socket, for `write_eof()` with nothing queued.
+    fn shutdown_write(&self) -> PyResult<()> {
+        stream_io::shutdown_write(self.fd).map_err(os_error)
+    }
+
+    /// Forgets the socket and every Python object: the connection is over and the socket
+    /// is being closed by its owner.
+    fn release(&mut self) {
+        self.fd = -1;
+        self.protocol = None;
+        self.transport = None;
+        self.event_loop = None;
+        self.pending.clear();
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.transport)?;
+        visit.call(&self.event_loop)?;
+        visit.call(&self.protocol)?;
+        visit.call(&self.empty_waiter)?;
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.transport = None;
+        self.event_loop = None;
+        self.protocol = None;
+        self.empty_waiter = None;
+    }
+}
