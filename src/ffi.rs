@@ -202,6 +202,10 @@ impl Drop for ExportedBuffer {
 /// Calls `f` with the bytes of a bytes-like object (any C-contiguous buffer), as
 /// `socket.send` reads its argument.
 pub fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(bytes) = obj.cast::<pyo3::types::PyBytes>() {
+        // The common case, without a buffer export: `bytes` is immutable.
+        return Ok(f(bytes.as_bytes()));
+    }
     let buffer = ExportedBuffer::new(obj, false)?;
     let len = buffer.len();
     if len == 0 {

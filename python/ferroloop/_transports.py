@@ -65,8 +65,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._core = SocketTransportCore(self, loop, self._sock_fd)
-        # The bound native method, looked up once: user code calls write() per message.
+        # The bound native methods, looked up once: user code calls write() per message
+        # and StreamWriter.drain() calls is_closing() per drain.
         self.write = self._core.write
+        self.is_closing = self._core.is_closing
         self._protocol_connected = False
         self.set_protocol(protocol)
         self._server = server
@@ -201,7 +203,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     # -- closing -------------------------------------------------------------------------
 
     def is_closing(self) -> bool:
-        return self._closing
+        return self._core.is_closing()
 
     def close(self) -> None:
         """Stop reading; once queued bytes are sent, close and call connection_lost(None)."""

@@ -374,6 +374,9 @@ impl SocketTransportCore {
                 Err(err) => return Err(err),
             }
         };
+        if let WriteOutcome::Done = outcome {
+            return Ok(());
+        }
         let Some(transport) = slf.borrow().transport(py) else {
             return Ok(());
         };
@@ -466,6 +469,12 @@ impl SocketTransportCore {
                 Ok(())
             }
         }
+    }
+
+    /// `transport.is_closing()`: `close()` or `abort()` was called, or the connection
+    /// failed.
+    fn is_closing(&self) -> bool {
+        self.closing
     }
 
     /// Bytes queued and not yet sent.
