@@ -4,7 +4,7 @@
 PYTHON ?= $(shell scripts/find-python 3.11)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TEST_DEPS := maturin pytest uvloop ruff
+TEST_REQUIREMENTS := requirements-test.txt
 # The other interpreters CI builds and tests on (asyncio differs between them).
 EXTRA_PYTHONS ?= 3.12 3.13
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -21,10 +21,11 @@ demo: build ## Set up, then run the demo program on ferroloop and the micro-benc
 
 test: build test-rust lint test-py conformance test-other-pythons ## Set up, then run every test (Rust, lint, pytest on 3.11/3.12/3.13, conformance)
 
-$(VENV)/.ready:
-	$(PYTHON) -m venv $(VENV)
+# Re-runs (pip skips what is installed) whenever the requirements change.
+$(VENV)/.ready: $(TEST_REQUIREMENTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TEST_DEPS)
+	$(PY) -m pip install -q -r $(TEST_REQUIREMENTS)
 	touch $@
 
 venv: $(VENV)/.ready ## Create the 3.11 virtualenv with the build and test tools
@@ -42,9 +43,10 @@ test-other-pythons: ## Build and run the pytest suite on the other interpreters
 	@set -e; for v in $(EXTRA_PYTHONS); do \
 	  py=$$(scripts/find-python $$v) || { echo "Python $$v not found"; exit 1; }; \
 	  venv=.venv-$$v; \
-	  if [ ! -f $$venv/.ready ]; then \
-	    $$py -m venv $$venv && $$venv/bin/python -m pip install -q --upgrade pip && \
-	    $$venv/bin/python -m pip install -q maturin pytest uvloop && touch $$venv/.ready; \
+	  if [ ! -f $$venv/.ready ] || [ $(TEST_REQUIREMENTS) -nt $$venv/.ready ]; then \
+	    { [ -x $$venv/bin/python ] || $$py -m venv $$venv; } && \
+	    $$venv/bin/python -m pip install -q --upgrade pip && \
+	    $$venv/bin/python -m pip install -q -r $(TEST_REQUIREMENTS) && touch $$venv/.ready; \
 	  fi; \
 	  echo "== Python $$v"; \
 	  VIRTUAL_ENV=$(CURDIR)/$$venv $$venv/bin/maturin develop --release -q && \
