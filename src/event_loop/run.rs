@@ -130,8 +130,14 @@ fn poll(
     let mut events = io.events.lock().unwrap_or_else(|e| e.into_inner());
     let poller: &Poller = &io.poller;
     let events_ref = &mut *events;
-    py.detach(|| poller.wait(events_ref, timeout))
-        .map_err(os_error)?;
+    if timeout == Some(Duration::ZERO) {
+        // A non-blocking poll: releasing and re-taking the GIL around it would cost
+        // more than the syscall, and no other thread could make progress meanwhile.
+        poller.wait(events_ref, timeout)
+    } else {
+        py.detach(|| poller.wait(events_ref, timeout))
+    }
+    .map_err(os_error)?;
     let mut signal_numbers = Vec::new();
     let mut released = Vec::new();
     {
