@@ -159,6 +159,38 @@ pub fn gc_track(obj: &Bound<'_, PyAny>) {
     }
 }
 
+/// Stops the collector tracking `context` if it is a `contextvars.Context` whose only
+/// reference is the caller's (see `handle::untrack_queued` for why and for the rules).
+#[inline]
+pub fn untrack_private_context(context: *mut ffi::PyObject) {
+    // SAFETY: callers pass a live object they hold a reference to; a Context is a GC
+    // type, tracked from creation, and no collection is running (we hold the GIL
+    // outside any traversal).
+    unsafe {
+        if ffi::PyContext_CheckExact(context) != 0
+            && ffi::Py_REFCNT(context) == 1
+            && ffi::PyObject_GC_IsTracked(context) != 0
+        {
+            ffi::PyObject_GC_UnTrack(context.cast());
+        }
+    }
+}
+
+/// Tracks `context` again if it is a `contextvars.Context` that is not tracked: only
+/// [`untrack_private_context`] untracks contexts, and CPython's Context deallocator
+/// requires a tracked object.
+#[inline]
+pub fn retrack_context(context: *mut ffi::PyObject) {
+    // SAFETY: callers pass a live object they hold a reference to, with the interpreter
+    // attached (handles are only dropped or released attached); a Context is a fully
+    // initialised GC object, and it is only linked into the collector when untracked.
+    unsafe {
+        if ffi::PyContext_CheckExact(context) != 0 && ffi::PyObject_GC_IsTracked(context) == 0 {
+            ffi::PyObject_GC_Track(context.cast());
+        }
+    }
+}
+
 /// A buffer exported by an object through the buffer protocol, released on drop.
 struct ExportedBuffer {
     view: ffi::Py_buffer,

@@ -226,3 +226,79 @@ def test_many_pending_handles_cycle_through_closed_loop(loop_factory):
     del lp, holders, holder
     _collect()
     assert all(r() is None for r in refs)
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later", "call_soon_threadsafe"])
+def test_cycle_through_copied_context_is_collected(loop, method):
+    """A cycle handle -> (the context copied at scheduling) -> value -> handle is freed
+    once the callback ran, and contexts obtained from queued handles stay usable."""
+    var = contextvars.ContextVar("holder")
+    holder = Holder()
+    token = var.set(holder)
+    try:
+        schedule = getattr(loop, method)
+        args = (0, holder.cb) if method == "call_later" else (holder.cb,)
+        holder.handle = schedule(*args)
+    finally:
+        var.reset(token)
+    kept = holder.handle._context  # get_context() is 3.12+ on stock handles
+    del args
+    assert kept[var] is holder
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert gc.is_tracked(kept)
+    ref = weakref.ref(holder)
+    del holder, kept
+    _collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("drop", ["close", "no_close"])
+def test_loop_dropped_with_queued_callbacks_frees_their_contexts(loop_factory, drop):
+    """Queued callbacks (their contexts copied at scheduling) released wholesale, by
+    close() or by the collector freeing an unclosed loop, free their contexts cleanly;
+    contexts the program took from them remain valid and tracked."""
+    var = contextvars.ContextVar("marker")
+    lp = loop_factory()
+    kept = []
+    for i in range(2000):
+        token = var.set(i)
+        handle = lp.call_soon(Holder().cb) if i % 2 else lp.call_later(3600, Holder().cb)
+        var.reset(token)
+        if i % 100 == 0:
+            kept.append(handle._context)
+    if drop == "close":
+        lp.close()
+        del lp
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            lp.self_ref = lp  # Only the collector can free it now.
+            del lp
+            _collect()
+    del handle
+    _collect()
+    assert [ctx[var] for ctx in kept] == list(range(0, 2000, 100))
+    assert all(gc.is_tracked(ctx) for ctx in kept)
+
+
+@pytest.mark.parametrize("drop", ["refcount", "collector"])
+def test_native_core_dropped_with_queued_callbacks(drop):
+    """The native loop core freed with callbacks still queued (no close(), no Python
+    __del__ to call it: refcount drop, or the collector's clear on a cycle) frees the
+    handles and the contexts copied for them without crashing."""
+    ferroloop = pytest.importorskip("ferroloop")
+    core = ferroloop._ferroloop.LoopCore()
+    var = contextvars.ContextVar("marker")
+    for i in range(500):
+        token = var.set(i)
+        core.call_soon(Holder().cb)
+        core.call_later(3600, Holder().cb)
+        var.reset(token)
+    if drop == "collector":
+        holder = Holder()
+        holder.core = core
+        core.call_soon(holder.cb)  # core -> handle -> holder -> core
+        del holder
+    del core
+    _collect()

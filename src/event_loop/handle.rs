@@ -27,6 +27,19 @@ struct CallbackRefs {
     context: Option<Py<PyAny>>,
 }
 
+impl Drop for CallbackRefs {
+    fn drop(&mut self) {
+        // A context the loop untracked (see `untrack_queued`) must be tracked again
+        // before it can be freed: CPython's Context deallocator unlinks it from the
+        // collector's list unconditionally. Every way out of the loop's queues already
+        // re-tracks it; this covers the ones that drop a queue wholesale (GC clear of
+        // the loop, dropping the loop) or a handle cleared by the collector.
+        if let Some(context) = &self.context {
+            crate::ffi::retrack_context(context.as_ptr());
+        }
+    }
+}
+
 /// Strong references to what a handle runs, taken out of its lock so the lock is never
 /// held while Python code runs (the callback may cancel its own handle).
 pub(crate) struct CallbackCall {
@@ -181,6 +194,22 @@ impl HandleCore {
             }
         }
         Ok(format!("<{}>", info.join(" ")))
+    }
+
+    /// Stops the collector tracking the handle's context if the handle is its only
+    /// owner (the copy of the current context made at scheduling); see
+    /// [`untrack_queued`].
+    fn untrack_private_context(&self) {
+        if let Some(context) = &self.refs().context {
+            crate::ffi::untrack_private_context(context.as_ptr());
+        }
+    }
+
+    /// Makes the collector track the handle's context again (see [`untrack_queued`]).
+    fn retrack_context(&self) {
+        if let Some(context) = &self.refs().context {
+            crate::ffi::retrack_context(context.as_ptr());
+        }
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -340,13 +369,21 @@ impl TimerHandle {
 /// through [`release_queued`], which tracks the handle again if anyone else still holds
 /// it. Handles someone else holds while queued are reported as objects, so what they
 /// reference counts as reachable while the loop is alive, which it is.
-pub(crate) fn untrack_queued(handle: &Bound<'_, PyAny>) {
-    crate::ffi::gc_untrack(handle);
+///
+/// The same goes for the handle's context when the handle is its only owner (the copy
+/// `call_soon` makes of the current context): 100k callbacks queued from another thread
+/// otherwise mean 100k live contexts that every full collection walks, which cost more
+/// than the callbacks themselves. It is tracked again when the handle leaves the queue,
+/// and in any case before it is freed (`Drop for CallbackRefs`).
+pub(crate) fn untrack_queued(handle: &Bound<'_, Handle>) {
+    crate::ffi::gc_untrack(handle.as_any());
+    handle.get().core.untrack_private_context();
 }
 
 /// Hands a handle leaving a loop queue back to the collector (see [`untrack_queued`]).
 pub(crate) fn release_queued(py: Python<'_>, handle: Py<Handle>) {
     let bound = handle.bind(py);
+    bound.get().core.retrack_context();
     if crate::ffi::refcount(bound.as_ptr()) > 1 {
         crate::ffi::gc_track(bound.as_any());
     }

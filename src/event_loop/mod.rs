@@ -150,7 +150,7 @@ impl LoopCore {
         }
         let core = handle_core(callback, args, context, debug)?;
         let handle = Py::new(py, Handle { core })?;
-        handle::untrack_queued(handle.bind(py).as_any());
+        handle::untrack_queued(handle.bind(py));
         this.state().ready.push(handle.clone_ref(py));
         Ok(handle)
     }
@@ -242,7 +242,7 @@ impl LoopCore {
         // Allocated before taking the lock: an allocation can run the garbage collector,
         // and finalizers it runs may schedule callbacks on this very loop.
         let timer = TimerHandle::create(py, core, when, Arc::clone(&this.timer_cancels))?;
-        handle::untrack_queued(timer.as_any());
+        handle::untrack_queued(timer.as_super());
         let as_handle = timer.as_super().clone().unbind();
         this.state().timers.push(when, ScheduledTimer(as_handle));
         Ok(timer.unbind())
