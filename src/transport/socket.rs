@@ -374,23 +374,26 @@ impl SocketTransportCore {
                 Err(err) => return Err(err),
             }
         };
-        if let WriteOutcome::Done = outcome {
-            return Ok(());
-        }
-        let Some(transport) = slf.borrow().transport(py) else {
-            return Ok(());
-        };
-        match outcome {
-            WriteOutcome::Done => Ok(()),
+        let transport = match outcome {
+            WriteOutcome::Done => return Ok(()),
             WriteOutcome::Dropped { earlier_drops } => {
+                // After connection_lost the core has let go of the transport; the
+                // warning does not need it.
                 if earlier_drops >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                     ASYNCIO_LOG_MODULE
                         .get(py)?
                         .getattr(intern!(py, "logger"))?
                         .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
                 }
-                Ok(())
+                return Ok(());
             }
+            _ => match slf.borrow().transport(py) {
+                Some(transport) => transport,
+                None => return Ok(()),
+            },
+        };
+        match outcome {
+            WriteOutcome::Done | WriteOutcome::Dropped { .. } => Ok(()),
             WriteOutcome::QueuedFirst => {
                 Self::watch_writable(slf, true)?;
                 transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
