@@ -14,6 +14,7 @@ tear-down around the native loop body, ``close``, and the signal wake-up descrip
 from __future__ import annotations
 
 import errno
+import os
 import selectors
 import signal
 import sys
@@ -52,6 +53,8 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         self._signal_handlers: dict[int, Handle] = {}
         # fd -> transport owning it; add_reader & co. refuse those descriptors.
         self._transports: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # Unix server socket -> inode of its file, for 3.13's cleanup on close.
+        self._unix_server_sockets: dict = {}
 
     # -- running -----------------------------------------------------------------------
 
@@ -180,6 +183,24 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
+    def _stop_serving(self, sock) -> None:
+        # A listening socket of a server being closed. Unix server sockets recorded by
+        # create_unix_server (3.13's cleanup_socket) also get their file removed, if it
+        # is still the one the server created.
+        path = sock.getsockname() if sock in self._unix_server_sockets else None
+        self._remove_reader(sock.fileno())
+        sock.close()
+        if path is None:
+            return
+        inode = self._unix_server_sockets.pop(sock)
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.error("Unable to clean up listening UNIX socket %r: %r", path, exc)
+
     # -- signals (the behaviour of asyncio's Unix loop) ------------------------------------
 
     def add_signal_handler(self, sig: int, callback, *args) -> None:
@@ -302,6 +323,10 @@ def _adopt(source: type, wanted) -> None:
     ``_add_writer``/``_remove_*``, exactly as they do on the stock selector loop."""
     for name, value in vars(source).items():
         if wanted(name) and name not in vars(Loop):
+            # Zero-argument super() inside would be bound to `source`, not Loop.
+            code = getattr(value, "__code__", None)
+            if code is not None and "__class__" in code.co_freevars:
+                raise TypeError(f"{source.__name__}.{name} uses super(): define it on Loop")
             setattr(Loop, name, value)
 
 
@@ -318,16 +343,17 @@ _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"
 
 # Servers and the accept loop, datagram transports: asyncio's selector-loop
 # implementations, driving their sockets through the same native reader/writer layer
-# (stream transports are ferroloop's own, defined on Loop above). The Unix loop adds
-# Unix-socket endpoints, pipes and subprocesses, and the os.sendfile transport path.
+# (stream transports and _stop_serving are ferroloop's own, defined on Loop above). The
+# Unix loop adds Unix-socket endpoints, pipes and subprocesses, and the os.sendfile
+# transport path.
+_adopt(
+    unix_events._UnixSelectorEventLoop,
+    lambda name: name.startswith(("_make_", "create_unix_", "_child_watcher")),
+)
 _adopt(
     selector_events.BaseSelectorEventLoop,
     lambda name: (name.startswith(("_make_", "_accept_connection")) and name != "_make_self_pipe")
     or name in ("_start_serving", "_stop_serving", "_sendfile_native"),
-)
-_adopt(
-    unix_events._UnixSelectorEventLoop,
-    lambda name: name.startswith(("_make_", "create_unix_", "_child_watcher")),
 )
 
 

@@ -136,6 +136,18 @@ fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T
     }
 }
 
+/// The error `socket.recv_into` raises for a buffer it cannot write into.
+fn not_writable(buffer: &Bound<'_, PyAny>) -> PyErr {
+    let name = buffer
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    PyTypeError::new_err(format!(
+        "recv_into() argument 1 must be read-write bytes-like object, not {name}"
+    ))
+}
+
 impl SocketTransportCore {
     fn transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         self.transport.as_ref().map(|t| t.bind(py).clone())
@@ -209,6 +221,7 @@ impl SocketTransportCore {
         let received = ffi::with_bytes_mut(&buffer, |memory| {
             retry_interrupted(|| stream_io::recv(fd, memory))
         })
+        .map_err(|_| not_writable(&buffer))
         .and_then(|result| match result {
             Ok(n) => Ok(Some(n)),
             Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(None),
@@ -371,7 +384,14 @@ impl SocketTransportCore {
                         None => Err(err),
                     };
                 }
-                Err(err) => return Err(err),
+                // Queued behind other data, it is appended to the queue, which (as
+                // asyncio 3.11's bytearray) only takes contiguous memory.
+                Err(_) => {
+                    let name = data.get_type().name()?;
+                    return Err(PyTypeError::new_err(format!(
+                        "can't set bytearray slice from {name}"
+                    )));
+                }
             }
         };
         let transport = match outcome {
