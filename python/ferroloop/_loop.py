@@ -352,8 +352,10 @@ _adopt(
 )
 _adopt(
     selector_events.BaseSelectorEventLoop,
-    lambda name: (name.startswith(("_make_", "_accept_connection")) and name != "_make_self_pipe")
-    or name in ("_start_serving", "_stop_serving", "_sendfile_native"),
+    lambda name: (
+        (name.startswith(("_make_", "_accept_connection")) and name != "_make_self_pipe")
+        or name in ("_start_serving", "_sendfile_native")
+    ),
 )
 
 
