@@ -10,7 +10,7 @@ EXTRA_PYTHONS ?= 3.12 3.13
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test venv build test-rust test-py test-other-pythons conformance bench bench-echo lint fmt clean
+.PHONY: help demo test venv build test-rust test-py test-other-pythons conformance bench bench-echo bench-http lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -59,12 +59,16 @@ conformance: build ## CPython's test_asyncio on ferroloop vs stock; fails if a c
 bench: build ## Micro-benchmark table: ferroloop / uvloop / asyncio, interleaved
 	$(PY) benchmarks/micro.py
 
-bench-echo: build ## TCP echo (sock_* server, client in another process): CPU per request
+bench-echo: build ## TCP echo (protocol/buffered/streams/sockets + native Rust ceiling): server CPU per request
 	$(PY) benchmarks/echo.py
+
+bench-http: build ## httptools keep-alive HTTP server under wrk (apt-get install wrk): server CPU per request
+	$(PY) benchmarks/http.py
 
 lint: venv ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --all -- --check
 	cargo clippy -q --all-targets -- -D warnings
+	cargo fmt --manifest-path benchmarks/native-echo/Cargo.toml -- --check
 	$(VENV)/bin/ruff check python tests benchmarks examples
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 

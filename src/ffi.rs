@@ -212,9 +212,8 @@ impl ExportedBuffer {
             return Err(PyErr::fetch(obj.py()));
         }
         // SAFETY: PyObject_GetBuffer succeeded, so `view` is initialised.
-        Ok(ExportedBuffer {
-            view: unsafe { view.assume_init() },
-        })
+        let view = unsafe { view.assume_init() };
+        Ok(ExportedBuffer { view })
     }
 
     fn len(&self) -> usize {

@@ -161,10 +161,7 @@ impl SocketTransportCore {
         if is_exit(py, &err) {
             return Err(err);
         }
-        transport.call_method1(
-            intern!(py, "_fatal_error"),
-            (err.into_value(py), message),
-        )?;
+        transport.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
         Ok(())
     }
 
@@ -176,7 +173,8 @@ impl SocketTransportCore {
         let py = protocol.py();
         let received = retry_interrupted(|| {
             READ_SCRATCH.with_borrow_mut(|scratch| {
-                stream_io::recv(fd, scratch).map(|n| (n > 0).then(|| PyBytes::new(py, &scratch[..n])))
+                stream_io::recv(fd, scratch)
+                    .map(|n| (n > 0).then(|| PyBytes::new(py, &scratch[..n])))
             })
         });
         let data = match received {
@@ -187,7 +185,11 @@ impl SocketTransportCore {
             }
             Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(err) => {
-                return Self::fatal(transport, os_error(err), "Fatal read error on socket transport")
+                return Self::fatal(
+                    transport,
+                    os_error(err),
+                    "Fatal read error on socket transport",
+                )
             }
         };
         if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
@@ -209,13 +211,19 @@ impl SocketTransportCore {
         let buffer = protocol
             .call_method1(intern!(py, "get_buffer"), (-1,))
             .and_then(|buffer| match buffer.len()? {
-                0 => Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer")),
+                0 => Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                )),
                 _ => Ok(buffer),
             });
         let buffer = match buffer {
             Ok(buffer) => buffer,
             Err(err) => {
-                return Self::fatal(transport, err, "Fatal error: protocol.get_buffer() call failed.")
+                return Self::fatal(
+                    transport,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
             }
         };
         let received = ffi::with_bytes_mut(&buffer, |memory| {
@@ -338,7 +346,9 @@ impl SocketTransportCore {
         let outcome = {
             let mut this = slf.borrow_mut();
             if this.eof {
-                return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
             }
             if this.empty_waiter.is_some() {
                 return Err(PyRuntimeError::new_err(
@@ -403,7 +413,10 @@ impl SocketTransportCore {
                     ASYNCIO_LOG_MODULE
                         .get(py)?
                         .getattr(intern!(py, "logger"))?
-                        .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
+                        .call_method1(
+                            intern!(py, "warning"),
+                            ("socket.send() raised exception.",),
+                        )?;
                 }
                 return Ok(());
             }
@@ -423,9 +436,11 @@ impl SocketTransportCore {
                 transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
                 Ok(())
             }
-            WriteOutcome::Failed(err) => {
-                Self::fatal(&transport, os_error(err), "Fatal write error on socket transport")
-            }
+            WriteOutcome::Failed(err) => Self::fatal(
+                &transport,
+                os_error(err),
+                "Fatal write error on socket transport",
+            ),
         }
     }
 

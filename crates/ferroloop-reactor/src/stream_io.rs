@@ -13,7 +13,9 @@ use rustix::net::{RecvFlags, SendFlags, Shutdown};
 
 fn borrowed(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
     if fd < 0 {
-        return Err(io::Error::from_raw_os_error(rustix::io::Errno::BADF.raw_os_error()));
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::BADF.raw_os_error(),
+        ));
     }
     // SAFETY: `fd` is not -1 (checked above). The borrow lives only for the duration of
     // one syscall, which validates the number itself (EBADF, ENOTSOCK); nothing is
@@ -64,7 +66,10 @@ mod tests {
     #[test]
     fn closed_descriptor_is_an_error_not_ub() {
         let mut buf = [0u8; 4];
-        assert_eq!(recv(-1, &mut buf).unwrap_err().raw_os_error(), Some(libc_ebadf()));
+        assert_eq!(
+            recv(-1, &mut buf).unwrap_err().raw_os_error(),
+            Some(libc_ebadf())
+        );
         assert!(send(-1, b"x").is_err());
         assert!(shutdown_write(-1).is_err());
     }
