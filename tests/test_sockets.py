@@ -313,3 +313,123 @@ def test_many_concurrent_socketpairs(loop):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+# Waits of sock_recv/sock_recv_into keep the socket's registration between operations on
+# ferroloop (see src/event_loop/fd_callbacks.rs); these pin what must hold regardless.
+
+
+def test_many_waits_on_one_socket_deliver_everything_in_order(loop, pair):
+    """1000 recvs that each have to wait, on one socket, alternating recv/recv_into."""
+    a, b = pair
+
+    async def main():
+        got = []
+        buf = bytearray(16)
+        for i in range(1000):
+            message = f"{i:08}".encode()
+            loop.call_soon(b.send, message)
+            if i % 2:
+                got.append(await loop.sock_recv(a, 16))
+            else:
+                n = await loop.sock_recv_into(a, buf)
+                got.append(bytes(buf[:n]))
+        return got
+
+    assert loop.run_until_complete(main()) == [f"{i:08}".encode() for i in range(1000)]
+
+
+def test_descriptor_number_reused_by_a_new_socket(loop):
+    """A socket that waited in sock_recv is closed; the next socket gets its descriptor
+    number, and a wait on it still sees data (no stale registration)."""
+
+    async def main():
+        replies = []
+        for round_ in range(5):
+            a, b = nonblocking_pair()
+            with a, b:
+                fd = a.fileno()
+                loop.call_later(0.001, b.send, b"round %d" % round_)
+                replies.append(await loop.sock_recv(a, 100))
+            c, d = nonblocking_pair()
+            with c, d:
+                assert fd in (c.fileno(), d.fileno())  # the number came back
+                reader = c if c.fileno() == fd else d
+                writer = d if reader is c else c
+                loop.call_later(0.001, writer.send, b"reused %d" % round_)
+                replies.append(await asyncio.wait_for(loop.sock_recv(reader, 100), 5))
+        return replies
+
+    expected = []
+    for i in range(5):
+        expected += [b"round %d" % i, b"reused %d" % i]
+    assert loop.run_until_complete(main()) == expected
+
+
+def test_socket_that_waited_is_freed_when_dropped(loop):
+    """The loop does not keep a socket alive after its operations finished."""
+    import gc
+    import warnings
+    import weakref
+
+    a, b = nonblocking_pair()
+
+    async def main(sock):
+        loop.call_soon(b.send, b"x")
+        return await loop.sock_recv(sock, 10)
+
+    assert loop.run_until_complete(main(a)) == b"x"
+    ref = weakref.ref(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del a
+        gc.collect()
+    assert ref() is None
+    b.close()
+
+
+def test_add_reader_on_a_socket_used_by_sock_recv(loop, pair):
+    """add_reader after sock_recv waits: level-triggered as usual, removable, and the
+    socket works with sock_recv again afterwards."""
+    a, b = pair
+
+    async def main():
+        loop.call_soon(b.send, b"first")
+        assert await loop.sock_recv(a, 100) == b"first"
+        calls = 0
+        fired = asyncio.Event()
+
+        def on_readable():
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                fired.set()
+
+        loop.add_reader(a, on_readable)
+        b.send(b"pending")  # never read by the callback: level-triggered, fires again
+        await asyncio.wait_for(fired.wait(), 5)
+        assert loop.remove_reader(a) is True
+        assert loop.remove_reader(a) is False
+        assert await loop.sock_recv(a, 100) == b"pending"
+        loop.call_later(0.001, b.send, b"after")
+        return await loop.sock_recv(a, 100)
+
+    assert loop.run_until_complete(main()) == b"after"
+
+
+def test_cancelled_wait_is_unregistered_as_seen_by_the_selector(loop, pair):
+    """After a cancelled sock_recv nothing watches the socket (what stock's selector
+    says, and what transports' repr() shows)."""
+    a, b = pair
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        assert loop._selector.get_key(a).events == 1  # EVENT_READ while waiting
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(KeyError):
+            loop._selector.get_key(a)
+
+    loop.run_until_complete(main())

@@ -14,6 +14,7 @@ tear-down around the native loop body, ``close``, and the signal wake-up descrip
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import selectors
 import signal
@@ -146,6 +147,49 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         """Stop watching ``fd`` for writing; return True if it was watched."""
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
+
+    # -- socket operations -----------------------------------------------------------------
+
+    # asyncio's sock_recv/sock_recv_into, waiting through an edge reader: the socket's
+    # epoll registration is kept between operations instead of being added and deleted
+    # around every wait (see src/event_loop/fd_callbacks.rs). The rest of the sock_*
+    # family is asyncio's code as is (adopted below).
+
+    async def sock_recv(self, sock, n):
+        """Receive up to ``n`` bytes from the non-blocking socket ``sock``."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            return sock.recv(n)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_edge_reader(sock, self._sock_recv, fut, sock, n)
+        fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
+        return await fut
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into ``buf`` from the non-blocking socket ``sock``; return the count."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_edge_reader(sock, self._sock_recv_into, fut, sock, buf)
+        fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
+        return await fut
+
+    def _sock_edge_read_done(self, fd, fut, handle=None) -> None:
+        if handle is None or not handle.cancelled():
+            self._remove_edge_reader(fd)
 
     # -- transports ----------------------------------------------------------------------
 

@@ -5,6 +5,16 @@
 //! object it was registered with. It mirrors what asyncio keeps in its selector, with
 //! the same lookup rules: an `int` or anything with `fileno()`, and a closed file object
 //! (whose `fileno()` is -1) is still found by identity, so it can be unregistered.
+//!
+//! Socket operations (`sock_recv`, `sock_recv_into`) use a third kind of callback, the
+//! *edge reader*. asyncio registers and unregisters the descriptor around every wait
+//! (two `epoll_ctl` calls per `sock_recv` that has to wait); here the registration is
+//! kept, edge-triggered, between operations on the same socket, so a wait costs no
+//! `epoll_ctl` at all. That is sound because every socket operation tries its syscall
+//! before waiting: it only waits after `EAGAIN`, and any data that arrives after an
+//! `EAGAIN` is an edge. A kept registration holds only a weak reference to its socket;
+//! if the descriptor number later belongs to another socket, the registration is
+//! renewed (the kernel dropped the old one when the old socket closed).
 
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -12,7 +22,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 use ferroloop_reactor::{Interest, Poller, Readiness, ReadyQueue};
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyInt;
+use pyo3::types::{PyInt, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -28,10 +38,17 @@ pub(crate) enum Direction {
 
 /// The callbacks watching one descriptor.
 struct FdEntry {
-    /// What the caller passed (an int or a file object), for identity lookups.
-    fileobj: Py<PyAny>,
+    /// What `add_reader`/`add_writer` was given (an int or a file object), for identity
+    /// lookups. Dropped when only socket operations use the entry, so a kept
+    /// registration never keeps a socket alive.
+    fileobj: Option<Py<PyAny>>,
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
+    /// A socket operation's reader: queued on every readiness report, edge-triggered
+    /// while no level-triggered callback shares the descriptor.
+    edge_reader: Option<Py<Handle>>,
+    /// The socket the registration is kept for between socket operations (weakly).
+    kept_for: Option<Py<PyWeakrefReference>>,
 }
 
 impl FdEntry {
@@ -42,13 +59,39 @@ impl FdEntry {
         }
     }
 
-    fn interest(&self) -> Interest {
-        Interest {
-            readable: self.reader.is_some(),
-            writable: self.writer.is_some(),
-            edge: false,
+    /// What epoll should watch for, or `None` when nothing uses the descriptor.
+    ///
+    /// With `add_reader`/`add_writer` callbacks the registration is level-triggered, as
+    /// asyncio's, and readable only if someone reads (an idle kept registration must not
+    /// report a readable socket on every iteration). Otherwise a socket operation's
+    /// reader, or a registration kept for one, watches edge-triggered reads.
+    fn interest(&self, py: Python<'_>) -> Option<Interest> {
+        if self.reader.is_some() || self.writer.is_some() {
+            return Some(Interest {
+                readable: self.reader.is_some() || self.edge_reader.is_some(),
+                writable: self.writer.is_some(),
+                edge: false,
+            });
         }
+        (self.edge_reader.is_some() || self.kept_socket(py).is_some()).then_some(Interest {
+            readable: true,
+            writable: false,
+            edge: true,
+        })
     }
+
+    /// The socket the registration is kept for, if it is still alive.
+    fn kept_socket<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.kept_for.as_ref()?.bind(py).upgrade()
+    }
+}
+
+/// One of the callbacks of a descriptor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Reader,
+    EdgeReader,
+    Writer,
 }
 
 /// What an update leaves for the caller to release outside the loop's lock: the callback
@@ -108,7 +151,12 @@ impl FdCallbacks {
         }
         self.entries
             .iter()
-            .find(|(_, entry)| entry.fileobj.as_ptr() == fileobj.as_ptr())
+            .find(|(_, entry)| {
+                entry
+                    .fileobj
+                    .as_ref()
+                    .is_some_and(|obj| obj.as_ptr() == fileobj.as_ptr())
+            })
             .map(|(fd, _)| *fd)
             .ok_or_else(|| PyValueError::new_err(format!("Invalid file descriptor: {number}")))
     }
@@ -117,6 +165,7 @@ impl FdCallbacks {
     /// replaces (to be cancelled by the caller, outside the loop's lock).
     pub(crate) fn add(
         &mut self,
+        py: Python<'_>,
         poller: &Poller,
         fd: RawFd,
         fileobj: Py<PyAny>,
@@ -127,24 +176,28 @@ impl FdCallbacks {
         match self.entries.get_mut(&fd) {
             Some(entry) => {
                 let previous = entry.slot(direction).replace(handle);
-                let old_fileobj = std::mem::replace(&mut entry.fileobj, fileobj);
-                if let Err(err) = poller.reregister(borrowed(fd), token, entry.interest()) {
+                let old_fileobj = entry.fileobj.replace(fileobj);
+                let interest = entry.interest(py).expect("a callback is installed");
+                if let Err(err) = poller.reregister(borrowed(fd), token, interest) {
                     let added = std::mem::replace(entry.slot(direction), previous);
                     entry.fileobj = old_fileobj;
                     drop(added);
                     return Err(os_error(err));
                 }
-                Ok((previous, Some(old_fileobj)))
+                Ok((previous, old_fileobj))
             }
             None => {
                 let mut entry = FdEntry {
-                    fileobj,
+                    fileobj: Some(fileobj),
                     reader: None,
                     writer: None,
+                    edge_reader: None,
+                    kept_for: None,
                 };
                 *entry.slot(direction) = Some(handle);
+                let interest = entry.interest(py).expect("a callback is installed");
                 poller
-                    .register(borrowed(fd), token, entry.interest())
+                    .register(borrowed(fd), token, interest)
                     .map_err(os_error)?;
                 self.entries.insert(fd, entry);
                 Ok((None, None))
@@ -152,32 +205,119 @@ impl FdCallbacks {
         }
     }
 
-    /// Removes the `direction` callback of `fd`; returns it (to be cancelled by the
-    /// caller), or `None` if there was none. Dropping the last callback unregisters.
-    pub(crate) fn remove(&mut self, poller: &Poller, fd: RawFd, direction: Direction) -> Displaced {
+    /// Installs `handle` as the socket-operation reader of `sock`'s descriptor `fd`,
+    /// keeping the registration for `sock` afterwards (see the module documentation).
+    /// Returns the reader it replaces, for the caller to cancel.
+    pub(crate) fn add_edge_reader(
+        &mut self,
+        py: Python<'_>,
+        poller: &Poller,
+        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
+        handle: Py<Handle>,
+    ) -> PyResult<Displaced> {
+        let token = fd as u64;
+        // Objects that cannot be weakly referenced get no kept registration.
+        let weak = PyWeakrefReference::new(sock).ok().map(Bound::unbind);
+        let Some(entry) = self.entries.get_mut(&fd) else {
+            let entry = FdEntry {
+                fileobj: None,
+                reader: None,
+                writer: None,
+                edge_reader: Some(handle),
+                kept_for: weak,
+            };
+            let interest = entry.interest(py).expect("a reader is installed");
+            poller
+                .register(borrowed(fd), token, interest)
+                .map_err(os_error)?;
+            self.entries.insert(fd, entry);
+            return Ok((None, None));
+        };
+        let registered_for_sock = entry.kept_socket(py).is_some_and(|kept| kept.is(sock));
+        let before = entry.interest(py);
+        let previous = entry.edge_reader.replace(handle);
+        if !registered_for_sock {
+            entry.kept_for = weak;
+        }
+        let after = entry.interest(py);
+        // The same socket's kept registration is already in epoll: no syscall. Another
+        // socket's (the number was reused) is renewed; re-adding if the kernel forgot it.
+        if !registered_for_sock || before != after {
+            let interest = after.expect("a reader is installed");
+            if let Err(err) = poller.reregister(borrowed(fd), token, interest) {
+                let added = std::mem::replace(&mut entry.edge_reader, previous);
+                drop(added);
+                return Err(os_error(err));
+            }
+        }
+        Ok((previous, None))
+    }
+
+    /// Brings epoll in line with `fd`'s entry after a callback went away: unregisters
+    /// (and forgets) an entry nothing uses any more, re-registers one whose interest
+    /// changed. Returns the file object a forgotten entry held.
+    fn update_registration(
+        &mut self,
+        py: Python<'_>,
+        poller: &Poller,
+        fd: RawFd,
+        before: Option<Interest>,
+    ) -> Option<Py<PyAny>> {
+        let entry = self.entries.get_mut(&fd)?;
+        match entry.interest(py) {
+            // A failure means the descriptor is gone; the entry goes with its last
+            // callback, and the poll cannot report a closed fd.
+            Some(interest) if Some(interest) != before => {
+                let _ = poller.reregister(borrowed(fd), fd as u64, interest);
+            }
+            Some(_) => {}
+            None => {
+                let entry = self.entries.remove(&fd).expect("entry exists");
+                // Closing a descriptor already removed it from epoll: nothing to undo.
+                let _ = poller.deregister(borrowed(fd));
+                return entry.fileobj;
+            }
+        }
+        if entry.reader.is_none() && entry.writer.is_none() {
+            // Only socket operations use it now: do not keep their socket alive.
+            return entry.fileobj.take();
+        }
+        None
+    }
+
+    /// Removes the `slot` callback of `fd`; returns it (to be cancelled by the caller),
+    /// or `None` if there was none. Dropping the last callback unregisters, unless the
+    /// registration is kept for a live socket.
+    pub(crate) fn remove(
+        &mut self,
+        py: Python<'_>,
+        poller: &Poller,
+        fd: RawFd,
+        slot: Slot,
+    ) -> Displaced {
         let Some(entry) = self.entries.get_mut(&fd) else {
             return (None, None);
         };
-        let removed = entry.slot(direction).take();
-        let interest = entry.interest();
-        if interest.readable || interest.writable {
-            // A failure means the descriptor is gone; the entry is dropped with it below
-            // when its last callback goes, and the poll cannot report a closed fd.
-            let _ = poller.reregister(borrowed(fd), fd as u64, interest);
-            (removed, None)
-        } else {
-            let entry = self.entries.remove(&fd).expect("entry exists");
-            // Closing a descriptor already removed it from epoll: nothing to undo then.
-            let _ = poller.deregister(borrowed(fd));
-            (removed, Some(entry.fileobj))
+        let before = entry.interest(py);
+        let removed = match slot {
+            Slot::Reader => entry.reader.take(),
+            Slot::Writer => entry.writer.take(),
+            Slot::EdgeReader => entry.edge_reader.take(),
+        };
+        if removed.is_none() {
+            return (None, None);
         }
+        let fileobj = self.update_registration(py, poller, fd, before);
+        (removed, fileobj)
     }
 
     /// The events watched on `fd` as a `selectors` mask (`EVENT_READ` = 1,
     /// `EVENT_WRITE` = 2); 0 when it is not registered.
     pub(crate) fn events(&self, fd: RawFd) -> u8 {
         self.entries.get(&fd).map_or(0, |entry| {
-            u8::from(entry.reader.is_some()) | (u8::from(entry.writer.is_some()) << 1)
+            let reading = entry.reader.is_some() || entry.edge_reader.is_some();
+            u8::from(reading) | (u8::from(entry.writer.is_some()) << 1)
         })
     }
 
@@ -193,9 +333,10 @@ impl FdCallbacks {
         released: &mut Vec<Py<PyAny>>,
     ) {
         let fd = report.token as RawFd;
-        for (ready, direction) in [
-            (report.readable, Direction::Read),
-            (report.writable, Direction::Write),
+        for (ready, slot) in [
+            (report.readable, Slot::Reader),
+            (report.readable, Slot::EdgeReader),
+            (report.writable, Slot::Writer),
         ] {
             if !ready {
                 continue;
@@ -203,16 +344,21 @@ impl FdCallbacks {
             let Some(entry) = self.entries.get_mut(&fd) else {
                 return;
             };
-            let Some(handle) = entry.slot(direction).as_ref() else {
+            let callback = match slot {
+                Slot::Reader => &entry.reader,
+                Slot::EdgeReader => &entry.edge_reader,
+                Slot::Writer => &entry.writer,
+            };
+            let Some(handle) = callback.as_ref() else {
                 continue;
             };
-            if handle.get().core.is_cancelled() {
-                let (handle, fileobj) = self.remove(poller, fd, direction);
-                released.extend(handle.map(Py::into_any));
-                released.extend(fileobj);
-            } else {
+            if !handle.get().core.is_cancelled() {
                 queue.push(handle.clone_ref(py));
+                continue;
             }
+            let (handle, fileobj) = self.remove(py, poller, fd, slot);
+            released.extend(handle.map(Py::into_any));
+            released.extend(fileobj);
         }
     }
 
@@ -223,9 +369,11 @@ impl FdCallbacks {
             if let Some(poller) = poller {
                 let _ = poller.deregister(borrowed(fd));
             }
-            released.push(entry.fileobj);
+            released.extend(entry.fileobj);
             released.extend(entry.reader.map(Py::into_any));
             released.extend(entry.writer.map(Py::into_any));
+            released.extend(entry.edge_reader.map(Py::into_any));
+            released.extend(entry.kept_for.map(Py::into_any));
         }
         released
     }
@@ -236,6 +384,8 @@ impl FdCallbacks {
             visit.call(&entry.fileobj)?;
             visit.call(&entry.reader)?;
             visit.call(&entry.writer)?;
+            visit.call(&entry.edge_reader)?;
+            visit.call(&entry.kept_for)?;
         }
         Ok(())
     }

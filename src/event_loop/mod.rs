@@ -28,7 +28,7 @@ use crate::ffi;
 use crate::ffi::KwNames;
 use crate::py_cache::{BASE_EVENT_LOOP, FUTURE_TYPE, TASKS_MODULE};
 
-use fd_callbacks::{fileno, Direction, FdCallbacks};
+use fd_callbacks::{fileno, Direction, FdCallbacks, Slot};
 use handle::{Handle, ScheduledTimer, TimerHandle};
 use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
 
@@ -177,6 +177,7 @@ impl LoopCore {
             let mut state = this.state();
             let fd_number = state.fds.resolve(fd, number)?;
             state.fds.add(
+                py,
                 &io.poller,
                 fd_number,
                 fd.clone().unbind(),
@@ -191,11 +192,12 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// `_remove_reader`/`_remove_writer`: True if a callback was removed.
+    /// `_remove_reader`/`_remove_writer`/`_remove_edge_reader`: True if a callback was
+    /// removed.
     fn remove_fd_callback(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
-        direction: Direction,
+        slot: Slot,
     ) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
@@ -207,7 +209,7 @@ impl LoopCore {
         let (removed, fileobj) = {
             let mut state = this.state();
             let fd_number = state.fds.resolve(fd, number)?;
-            state.fds.remove(&io.poller, fd_number, direction)
+            state.fds.remove(py, &io.poller, fd_number, slot)
         };
         drop(fileobj);
         Ok(match removed {
@@ -217,6 +219,34 @@ impl LoopCore {
             }
             None => false,
         })
+    }
+
+    /// `_add_edge_reader`: a socket operation's reader on `sock`, with the registration
+    /// kept between operations (see `fd_callbacks`).
+    fn add_edge_reader(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let number = fileno(sock)?;
+        this.check_closed()?;
+        let core = handle_core(callback, args, None, this.debug())?;
+        let handle = Py::new(py, Handle { core })?;
+        let io = this.io_driver()?;
+        let (replaced, _) = {
+            let mut state = this.state();
+            let fd_number = state.fds.resolve(sock, number)?;
+            state
+                .fds
+                .add_edge_reader(py, &io.poller, fd_number, sock, handle.clone_ref(py))?
+        };
+        if let Some(replaced) = replaced {
+            Handle::cancel(replaced.bind(py));
+        }
+        Ok(handle)
     }
 
     fn schedule_at(
@@ -407,12 +437,31 @@ impl LoopCore {
 
     /// Stops watching `fd` for reading; True if a reader was registered.
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Direction::Read)
+        Self::remove_fd_callback(slf, fd, Slot::Reader)
     }
 
     /// Stops watching `fd` for writing; True if a writer was registered.
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Direction::Write)
+        Self::remove_fd_callback(slf, fd, Slot::Writer)
+    }
+
+    /// What `sock_recv` & co. wait with: `callback(*args)` on readiness of `sock`, like
+    /// `_add_reader`, but the descriptor's registration is kept (edge-triggered) after
+    /// `_remove_edge_reader`, so the next wait on the same socket costs no syscall.
+    /// Callers must try their operation before waiting (see `fd_callbacks`).
+    #[pyo3(signature = (sock, callback, *args))]
+    fn _add_edge_reader(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::add_edge_reader(slf, sock, callback, args)
+    }
+
+    /// Removes the reader `_add_edge_reader` installed on `fd`; True if there was one.
+    fn _remove_edge_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Slot::EdgeReader)
     }
 
     /// The `selectors` event mask watched on `fd` (an int or a file object; 0 when
