@@ -157,33 +157,26 @@ class Loop(LoopCore, base_events.BaseEventLoop):
 
     async def sock_recv(self, sock, n):
         """Receive up to ``n`` bytes from the non-blocking socket ``sock``."""
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        try:
-            return sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        handle = self._add_edge_reader(sock, self._sock_recv, fut, sock, n)
-        fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
-        return await fut
+        return await self._sock_read(sock, sock.recv, self._sock_recv, n)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into ``buf`` from the non-blocking socket ``sock``; return the count."""
+        return await self._sock_read(sock, sock.recv_into, self._sock_recv_into, buf)
+
+    async def _sock_read(self, sock, read, on_readable, arg):
+        # Try read(arg) at once; if it would block, wait until on_readable (asyncio's
+        # _sock_recv/_sock_recv_into, which retry and resolve the future) succeeds.
         base_events._check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         try:
-            return sock.recv_into(buf)
+            return read(arg)
         except (BlockingIOError, InterruptedError):
             pass
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        handle = self._add_edge_reader(sock, self._sock_recv_into, fut, sock, buf)
+        handle = self._add_edge_reader(sock, on_readable, fut, sock, arg)
         fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
         return await fut
 

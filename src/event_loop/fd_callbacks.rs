@@ -29,13 +29,6 @@ use crate::errors::os_error;
 
 use super::handle::Handle;
 
-/// Which callback of a descriptor an operation is about.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direction {
-    Read,
-    Write,
-}
-
 /// The callbacks watching one descriptor.
 struct FdEntry {
     /// What `add_reader`/`add_writer` was given (an int or a file object), for identity
@@ -52,10 +45,11 @@ struct FdEntry {
 }
 
 impl FdEntry {
-    fn slot(&mut self, direction: Direction) -> &mut Option<Py<Handle>> {
-        match direction {
-            Direction::Read => &mut self.reader,
-            Direction::Write => &mut self.writer,
+    fn slot(&mut self, slot: Slot) -> &mut Option<Py<Handle>> {
+        match slot {
+            Slot::Reader => &mut self.reader,
+            Slot::Writer => &mut self.writer,
+            Slot::EdgeReader => &mut self.edge_reader,
         }
     }
 
@@ -161,25 +155,30 @@ impl FdCallbacks {
             .ok_or_else(|| PyValueError::new_err(format!("Invalid file descriptor: {number}")))
     }
 
-    /// Installs `handle` as the `direction` callback of `fd`; returns the callback it
-    /// replaces (to be cancelled by the caller, outside the loop's lock).
+    /// Installs `handle` as the `slot` callback of `fd` (registered with `fileobj`);
+    /// returns the callback it replaces (to be cancelled by the caller, outside the
+    /// loop's lock).
     pub(crate) fn add(
         &mut self,
         py: Python<'_>,
         poller: &Poller,
         fd: RawFd,
-        fileobj: Py<PyAny>,
-        direction: Direction,
+        fileobj: &Bound<'_, PyAny>,
+        slot: Slot,
         handle: Py<Handle>,
     ) -> PyResult<Displaced> {
+        if slot == Slot::EdgeReader {
+            return self.add_edge_reader(py, poller, fd, fileobj, handle);
+        }
         let token = fd as u64;
+        let fileobj = fileobj.clone().unbind();
         match self.entries.get_mut(&fd) {
             Some(entry) => {
-                let previous = entry.slot(direction).replace(handle);
+                let previous = entry.slot(slot).replace(handle);
                 let old_fileobj = entry.fileobj.replace(fileobj);
                 let interest = entry.interest(py).expect("a callback is installed");
                 if let Err(err) = poller.reregister(borrowed(fd), token, interest) {
-                    let added = std::mem::replace(entry.slot(direction), previous);
+                    let added = std::mem::replace(entry.slot(slot), previous);
                     entry.fileobj = old_fileobj;
                     drop(added);
                     return Err(os_error(err));
@@ -194,7 +193,7 @@ impl FdCallbacks {
                     edge_reader: None,
                     kept_for: None,
                 };
-                *entry.slot(direction) = Some(handle);
+                *entry.slot(slot) = Some(handle);
                 let interest = entry.interest(py).expect("a callback is installed");
                 poller
                     .register(borrowed(fd), token, interest)
@@ -208,7 +207,7 @@ impl FdCallbacks {
     /// Installs `handle` as the socket-operation reader of `sock`'s descriptor `fd`,
     /// keeping the registration for `sock` afterwards (see the module documentation).
     /// Returns the reader it replaces, for the caller to cancel.
-    pub(crate) fn add_edge_reader(
+    fn add_edge_reader(
         &mut self,
         py: Python<'_>,
         poller: &Poller,
@@ -300,11 +299,7 @@ impl FdCallbacks {
             return (None, None);
         };
         let before = entry.interest(py);
-        let removed = match slot {
-            Slot::Reader => entry.reader.take(),
-            Slot::Writer => entry.writer.take(),
-            Slot::EdgeReader => entry.edge_reader.take(),
-        };
+        let removed = entry.slot(slot).take();
         if removed.is_none() {
             return (None, None);
         }
@@ -344,12 +339,7 @@ impl FdCallbacks {
             let Some(entry) = self.entries.get_mut(&fd) else {
                 return;
             };
-            let callback = match slot {
-                Slot::Reader => &entry.reader,
-                Slot::EdgeReader => &entry.edge_reader,
-                Slot::Writer => &entry.writer,
-            };
-            let Some(handle) = callback.as_ref() else {
+            let Some(handle) = entry.slot(slot).as_ref() else {
                 continue;
             };
             if !handle.get().core.is_cancelled() {

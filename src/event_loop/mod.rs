@@ -28,7 +28,7 @@ use crate::ffi;
 use crate::ffi::KwNames;
 use crate::py_cache::{BASE_EVENT_LOOP, FUTURE_TYPE, TASKS_MODULE};
 
-use fd_callbacks::{fileno, Direction, FdCallbacks, Slot};
+use fd_callbacks::{fileno, FdCallbacks, Slot};
 use handle::{Handle, ScheduledTimer, TimerHandle};
 use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
 
@@ -155,14 +155,14 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// `_add_reader`/`_add_writer`: validation as asyncio's, then the (level-triggered)
-    /// registration.
+    /// `_add_reader`/`_add_writer`/`_add_edge_reader`: validation as asyncio's, then
+    /// the registration.
     fn add_fd_callback(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-        direction: Direction,
+        slot: Slot,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
@@ -176,14 +176,9 @@ impl LoopCore {
         let (replaced, old_fileobj) = {
             let mut state = this.state();
             let fd_number = state.fds.resolve(fd, number)?;
-            state.fds.add(
-                py,
-                &io.poller,
-                fd_number,
-                fd.clone().unbind(),
-                direction,
-                handle.clone_ref(py),
-            )?
+            state
+                .fds
+                .add(py, &io.poller, fd_number, fd, slot, handle.clone_ref(py))?
         };
         if let Some(replaced) = replaced {
             Handle::cancel(replaced.bind(py));
@@ -219,34 +214,6 @@ impl LoopCore {
             }
             None => false,
         })
-    }
-
-    /// `_add_edge_reader`: a socket operation's reader on `sock`, with the registration
-    /// kept between operations (see `fd_callbacks`).
-    fn add_edge_reader(
-        slf: &Bound<'_, Self>,
-        sock: &Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        let number = fileno(sock)?;
-        this.check_closed()?;
-        let core = handle_core(callback, args, None, this.debug())?;
-        let handle = Py::new(py, Handle { core })?;
-        let io = this.io_driver()?;
-        let (replaced, _) = {
-            let mut state = this.state();
-            let fd_number = state.fds.resolve(sock, number)?;
-            state
-                .fds
-                .add_edge_reader(py, &io.poller, fd_number, sock, handle.clone_ref(py))?
-        };
-        if let Some(replaced) = replaced {
-            Handle::cancel(replaced.bind(py));
-        }
-        Ok(handle)
     }
 
     fn schedule_at(
@@ -420,7 +387,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_fd_callback(slf, fd, callback, args, Direction::Read)
+        Self::add_fd_callback(slf, fd, callback, args, Slot::Reader)
     }
 
     /// Runs `callback(*args)` on every iteration while `fd` is writable; returns the
@@ -432,7 +399,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_fd_callback(slf, fd, callback, args, Direction::Write)
+        Self::add_fd_callback(slf, fd, callback, args, Slot::Writer)
     }
 
     /// Stops watching `fd` for reading; True if a reader was registered.
@@ -456,7 +423,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_edge_reader(slf, sock, callback, args)
+        Self::add_fd_callback(slf, sock, callback, args, Slot::EdgeReader)
     }
 
     /// Removes the reader `_add_edge_reader` installed on `fd`; True if there was one.
