@@ -64,7 +64,7 @@ bench-echo: build ## TCP echo (protocol/buffered/streams/sockets + native Rust c
 	$(PY) benchmarks/echo.py
 
 bench-http: build ## httptools keep-alive HTTP server under wrk (apt-get install wrk): server CPU per request
-	$(PY) benchmarks/http.py
+	$(PY) benchmarks/http_wrk.py
 
 lint: venv ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --all -- --check

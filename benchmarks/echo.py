@@ -62,10 +62,8 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import select
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -74,14 +72,25 @@ import threading
 import time
 from dataclasses import dataclass
 
-ALL_LOOPS = ("ferroloop", "uvloop", "asyncio")
+# A sibling module: run as a script, this file has the benchmarks directory on sys.path.
+from _harness import (
+    ALL_LOOPS,
+    IO_TIMEOUT,
+    available_loops,
+    busy_seconds,
+    children_cpu_seconds,
+    cpu_seconds,
+    die_with_parent,
+    git_revision,
+    new_loop,
+    rotated,
+    sleeps,
+)
+
 LOOP_MODES = ("protocol", "buffered", "streams", "sockets")
 NATIVE = "native"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Largest read per recv / get_buffer / StreamReader.read.
 CHUNK = 256 * 1024
-#: Seconds a socket operation in the client, or a server start, may take.
-IO_TIMEOUT = 10.0
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -92,30 +101,6 @@ NATIVE_BINARY = os.path.join(NATIVE_TARGET_DIR, "release", "native-echo")
 
 
 # -- servers (run in their own process) ------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the driver dies, so no server is left behind."""
-    try:
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-def new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """A fresh loop of the given kind."""
-    if kind == "ferroloop":
-        import ferroloop
-
-        return ferroloop.new_event_loop()
-    if kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.SelectorEventLoop()
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -302,39 +287,6 @@ def client_main(port: int, size: int, conns: int, duration: float) -> None:
 # -- orchestration ---------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15 of the file, 12 and 13 after the ")".
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def sleeps(pid: int) -> int:
-    """Times the main thread of ``pid`` went to sleep (voluntary context switches)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
-
-
-def busy_seconds() -> float:
-    """CPU time all processes on the machine used so far (user + nice + system, all cores).
-
-    Interrupt and softirq time is left out: depending on the kernel's accounting, loopback
-    TCP work may land there rather than in the server's or client's own time.
-    """
-    with open("/proc/stat") as f:
-        user, nice, system = (int(x) for x in f.readline().split()[1:4])
-    return (user + nice + system) / CLOCK_TICKS
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 @dataclass
 class Server:
     """One server process: a (mode, loop) pair, or the native ceiling."""
@@ -432,62 +384,6 @@ def measure(
     }
 
 
-#: Prints a loop module's version; for ferroloop also when its extension was built, since it
-#: is often rebuilt in place (``maturin develop``) between runs.
-VERSION_PROBE = """
-import os, sys, time
-name = sys.argv[1]
-mod = __import__(name)
-info = getattr(mod, "__version__", "?")
-if name == "ferroloop":
-    import ferroloop._ferroloop as ext
-    info += time.strftime(" (extension built %Y-%m-%d %H:%M:%S)",
-                          time.localtime(os.path.getmtime(ext.__file__)))
-print(info)
-"""
-
-
-def available_loops(names: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The importable loops among ``names``, and a version string for each."""
-    found, versions = [], {}
-    for name in names:
-        if name == "asyncio":
-            found.append(name)
-            versions[name] = f"Python {sys.version.split()[0]}"
-            continue
-        probe = subprocess.run(
-            [sys.executable, "-c", VERSION_PROBE, name], capture_output=True, text=True, timeout=60
-        )
-        if probe.returncode:
-            reason = (probe.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"note: {name} is not importable ({reason}); skipped", file=sys.stderr)
-        else:
-            found.append(name)
-            versions[name] = probe.stdout.strip()
-    return found, versions
-
-
-def git_revision() -> str:
-    """The repository's commit (with "+dirty" for uncommitted changes), or "" if unknown."""
-    try:
-        rev = subprocess.run(
-            [
-                "git",
-                "-C",
-                os.path.dirname(os.path.abspath(__file__)),
-                "describe",
-                "--always",
-                "--dirty=+dirty",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return rev.stdout.strip() if rev.returncode == 0 else ""
-
-
 def build_native() -> str | None:
     """Build the Rust ceiling server (a no-op when up to date); its path, or None to skip."""
     cargo = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
@@ -506,11 +402,6 @@ def build_native() -> str | None:
         print("note: building native-echo failed; the native row is skipped", file=sys.stderr)
         return None
     return NATIVE_BINARY
-
-
-def rotated(items: list, n: int) -> list:
-    n %= len(items)
-    return items[n:] + items[:n]
 
 
 def parse_list(text: str, allowed: tuple[str, ...] | None = None) -> list[str]:

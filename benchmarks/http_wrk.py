@@ -28,9 +28,9 @@ has a timeout and the servers die with the driver (``PR_SET_PDEATHSIG``).
 
 Usage::
 
-    python benchmarks/http.py                     # conns 10 and 100, 5 s runs, 3 rounds
-    python benchmarks/http.py --quick             # 1 s runs, 1 round (smoke test)
-    python benchmarks/http.py --conns 10 --duration 10 --rounds 5 --json out.json
+    python benchmarks/http_wrk.py                     # conns 10 and 100, 5 s runs, 3 rounds
+    python benchmarks/http_wrk.py --quick             # 1 s runs, 1 round (smoke test)
+    python benchmarks/http_wrk.py --conns 10 --duration 10 --rounds 5 --json out.json
 
 The exit status is 1 if any measurement failed, 0 otherwise (also when skipped).
 """
@@ -42,25 +42,29 @@ import asyncio
 import json
 import os
 import re
-import resource
 import select
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 
-# This file is named like the standard library's ``http`` package: drop its directory from
-# the import path, so that an ``import http.client`` anywhere still finds the real one.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+# A sibling module: run as a script, this file has the benchmarks directory on sys.path.
+from _harness import (
+    ALL_LOOPS,
+    IO_TIMEOUT,
+    available_loops,
+    busy_seconds,
+    children_cpu_seconds,
+    cpu_seconds,
+    die_with_parent,
+    git_revision,
+    new_loop,
+    rotated,
+    sleeps,
+)
 
-ALL_LOOPS = ("ferroloop", "uvloop", "asyncio")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-#: Seconds a server may take to start, and wrk's own per-request timeout.
-IO_TIMEOUT = 10.0
 BODY = b"Hello, World!"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
     len(BODY),
@@ -74,30 +78,6 @@ BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: clo
 
 
 # -- server (runs in its own process) --------------------------------------------------------
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the driver dies, so no server is left behind."""
-    try:
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-def new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """A fresh loop of the given kind."""
-    if kind == "ferroloop":
-        import ferroloop
-
-        return ferroloop.new_event_loop()
-    if kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.SelectorEventLoop()
 
 
 def make_protocol_class() -> type[asyncio.Protocol]:
@@ -164,39 +144,6 @@ def server_main(kind: str) -> None:
 
 
 # -- driver ----------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15 of the file, 12 and 13 after the ")".
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def sleeps(pid: int) -> int:
-    """Times the main thread of ``pid`` went to sleep (voluntary context switches)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
-
-
-def busy_seconds() -> float:
-    """CPU time all processes on the machine used so far (user + nice + system, all cores).
-
-    Interrupt and softirq time is left out: depending on the kernel's accounting, loopback
-    TCP work may land there rather than in the server's or client's own time.
-    """
-    with open("/proc/stat") as f:
-        user, nice, system = (int(x) for x in f.readline().split()[1:4])
-    return (user + nice + system) / CLOCK_TICKS
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -335,67 +282,6 @@ def measure(
     # one core over the run: a noise indicator.
     result["other_load"] = max(0.0, busy - cpu - client_cpu) / result["elapsed"]
     return result
-
-
-#: Prints a loop module's version; for ferroloop also when its extension was built, since it
-#: is often rebuilt in place (``maturin develop``) between runs.
-VERSION_PROBE = """
-import os, sys, time
-name = sys.argv[1]
-mod = __import__(name)
-info = getattr(mod, "__version__", "?")
-if name == "ferroloop":
-    import ferroloop._ferroloop as ext
-    info += time.strftime(" (extension built %Y-%m-%d %H:%M:%S)",
-                          time.localtime(os.path.getmtime(ext.__file__)))
-print(info)
-"""
-
-
-def available_loops(names: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The importable loops among ``names``, and a version string for each."""
-    found, versions = [], {}
-    for name in names:
-        if name == "asyncio":
-            found.append(name)
-            versions[name] = f"Python {sys.version.split()[0]}"
-            continue
-        probe = subprocess.run(
-            [sys.executable, "-c", VERSION_PROBE, name], capture_output=True, text=True, timeout=60
-        )
-        if probe.returncode:
-            reason = (probe.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"note: {name} is not importable ({reason}); skipped", file=sys.stderr)
-        else:
-            found.append(name)
-            versions[name] = probe.stdout.strip()
-    return found, versions
-
-
-def git_revision() -> str:
-    """The repository's commit (with "+dirty" for uncommitted changes), or "" if unknown."""
-    try:
-        rev = subprocess.run(
-            [
-                "git",
-                "-C",
-                os.path.dirname(os.path.abspath(__file__)),
-                "describe",
-                "--always",
-                "--dirty=+dirty",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return rev.stdout.strip() if rev.returncode == 0 else ""
-
-
-def rotated(items: list, n: int) -> list:
-    n %= len(items)
-    return items[n:] + items[:n]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,143 @@
+"""What the transport benchmarks (``echo.py``, ``http_wrk.py``) share: loop creation in the
+server processes, per-process CPU accounting from ``/proc``, the loops' versions, and the
+round-robin order of loops.
+
+CPU time comes from ``/proc/PID/stat`` (``utime + stime``, in clock ticks), because the
+deciding figure of these benchmarks is the server's CPU per request, not throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+ALL_LOOPS = ("ferroloop", "uvloop", "asyncio")
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+#: Seconds a socket operation in the client, or a server start, may take.
+IO_TIMEOUT = 10.0
+
+
+#: Prints a loop module's version; for ferroloop also when its extension was built, since it
+#: is often rebuilt in place (``maturin develop``) between runs.
+VERSION_PROBE = """
+import os, sys, time
+name = sys.argv[1]
+mod = __import__(name)
+info = getattr(mod, "__version__", "?")
+if name == "ferroloop":
+    import ferroloop._ferroloop as ext
+    info += time.strftime(" (extension built %Y-%m-%d %H:%M:%S)",
+                          time.localtime(os.path.getmtime(ext.__file__)))
+print(info)
+"""
+
+
+def available_loops(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The importable loops among ``names``, and a version string for each."""
+    found, versions = [], {}
+    for name in names:
+        if name == "asyncio":
+            found.append(name)
+            versions[name] = f"Python {sys.version.split()[0]}"
+            continue
+        probe = subprocess.run(
+            [sys.executable, "-c", VERSION_PROBE, name], capture_output=True, text=True, timeout=60
+        )
+        if probe.returncode:
+            reason = (probe.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"note: {name} is not importable ({reason}); skipped", file=sys.stderr)
+        else:
+            found.append(name)
+            versions[name] = probe.stdout.strip()
+    return found, versions
+
+
+def busy_seconds() -> float:
+    """CPU time all processes on the machine used so far (user + nice + system, all cores).
+
+    Interrupt and softirq time is left out: depending on the kernel's accounting, loopback
+    TCP work may land there rather than in the server's or client's own time.
+    """
+    with open("/proc/stat") as f:
+        user, nice, system = (int(x) for x in f.readline().split()[1:4])
+    return (user + nice + system) / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of the file, 12 and 13 after the ")".
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the driver dies, so no server is left behind."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def git_revision() -> str:
+    """The repository's commit (with "+dirty" for uncommitted changes), or "" if unknown."""
+    try:
+        rev = subprocess.run(
+            [
+                "git",
+                "-C",
+                os.path.dirname(os.path.abspath(__file__)),
+                "describe",
+                "--always",
+                "--dirty=+dirty",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return rev.stdout.strip() if rev.returncode == 0 else ""
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A fresh loop of the given kind."""
+    if kind == "ferroloop":
+        import ferroloop
+
+        return ferroloop.new_event_loop()
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.SelectorEventLoop()
+
+
+def rotated(items: list, n: int) -> list:
+    n %= len(items)
+    return items[n:] + items[:n]
+
+
+def sleeps(pid: int) -> int:
+    """Times the main thread of ``pid`` went to sleep (voluntary context switches)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
