@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 
 ALL_LOOPS = ("ferroloop", "uvloop", "asyncio")
 
@@ -141,3 +143,51 @@ def sleeps(pid: int) -> int:
             if line.startswith("voluntary_ctxt_switches:"):
                 return int(line.split()[1])
     return 0
+
+
+@dataclass
+class ServerProcess:
+    """A benchmark server in its own process, pinned to ``cpus``; it prints its port on
+    its first line of output."""
+
+    label: str
+    argv: list[str]
+    cpus: set[int] | None = None
+    proc: subprocess.Popen[str] | None = None
+    port: int = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+        )
+        if self.cpus:
+            os.sched_setaffinity(self.proc.pid, self.cpus)  # before it can start threads
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], IO_TIMEOUT)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
+            exited = self.proc.poll()
+            self.stop()
+            raise RuntimeError(
+                f"the {self.label} server exited with status {exited} before serving"
+                if exited is not None
+                else f"the {self.label} server did not report its port within {IO_TIMEOUT:g} s"
+            )
+        self.port = int(line)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            try:
+                self.proc.wait(IO_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def restart(self) -> None:
+        """Start afresh after a failure; if that fails too, later runs report the error."""
+        self.stop()
+        try:
+            self.start()
+        except Exception as exc:
+            print(f"error: restarting the {self.label} server: {exc}", file=sys.stderr)

@@ -62,7 +62,6 @@ import argparse
 import asyncio
 import json
 import os
-import select
 import shutil
 import socket
 import statistics
@@ -70,12 +69,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 # A sibling module: run as a script, this file has the benchmarks directory on sys.path.
 from _harness import (
     ALL_LOOPS,
     IO_TIMEOUT,
+    ServerProcess,
     available_loops,
     busy_seconds,
     children_cpu_seconds,
@@ -287,56 +286,13 @@ def client_main(port: int, size: int, conns: int, duration: float) -> None:
 # -- orchestration ---------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
+class Server(ServerProcess):
     """One server process: a (mode, loop) pair, or the native ceiling."""
 
-    mode: str
-    loop: str
-    argv: list[str]
-    cpus: set[int] | None = None
-    proc: subprocess.Popen[str] | None = None
-    port: int = 0
-
-    @property
-    def label(self) -> str:
-        return NATIVE if self.mode == NATIVE else f"{self.mode}/{self.loop}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
-        )
-        if self.cpus:
-            os.sched_setaffinity(self.proc.pid, self.cpus)  # before it can start threads
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], IO_TIMEOUT)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.strip().isdigit():
-            exited = self.proc.poll()
-            self.stop()
-            raise RuntimeError(
-                f"the {self.label} server exited with status {exited} before serving"
-                if exited is not None
-                else f"the {self.label} server did not report its port within {IO_TIMEOUT:g} s"
-            )
-        self.port = int(line)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            try:
-                self.proc.wait(IO_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def restart(self) -> None:
-        """Start afresh after a failure; if that fails too, later runs report the error."""
-        self.stop()
-        try:
-            self.start()
-        except Exception as exc:
-            print(f"error: restarting the {self.label} server: {exc}", file=sys.stderr)
+    def __init__(self, mode: str, loop: str, argv: list[str], cpus: set[int] | None = None):
+        super().__init__(NATIVE if mode == NATIVE else f"{mode}/{loop}", argv, cpus)
+        self.mode = mode
+        self.loop = loop
 
 
 def measure(

@@ -42,18 +42,17 @@ import asyncio
 import json
 import os
 import re
-import select
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
 
 # A sibling module: run as a script, this file has the benchmarks directory on sys.path.
 from _harness import (
     ALL_LOOPS,
     IO_TIMEOUT,
+    ServerProcess,
     available_loops,
     busy_seconds,
     children_cpu_seconds,
@@ -146,38 +145,15 @@ def server_main(kind: str) -> None:
 # -- driver ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    loop: str
-    cpus: set[int] | None
-    proc: subprocess.Popen[str] | None = None
-    port: int = 0
+class Server(ServerProcess):
+    """One loop's HTTP server process."""
 
-    @property
-    def label(self) -> str:
-        return self.loop
+    def __init__(self, loop: str, cpus: set[int] | None):
+        super().__init__(loop, [sys.executable, __file__, "serve", loop], cpus)
+        self.loop = loop
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "serve", self.loop],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if self.cpus:
-            os.sched_setaffinity(self.proc.pid, self.cpus)  # before it can start threads
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], IO_TIMEOUT)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.strip().isdigit():
-            exited = self.proc.poll()
-            self.stop()
-            raise RuntimeError(
-                f"the {self.label} server exited with status {exited} before serving"
-                if exited is not None
-                else f"the {self.label} server did not report its port within {IO_TIMEOUT:g} s"
-            )
-        self.port = int(line)
+        super().start()
         self.check_response()
 
     def check_response(self) -> None:
@@ -194,23 +170,6 @@ class Server:
                     got += chunk
                 if got != RESPONSE:
                     raise RuntimeError(f"{self.loop} server answered {got!r}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            try:
-                self.proc.wait(IO_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def restart(self) -> None:
-        """Start afresh after a failure; if that fails too, later runs report the error."""
-        self.stop()
-        try:
-            self.start()
-        except Exception as exc:
-            print(f"error: restarting the {self.label} server: {exc}", file=sys.stderr)
 
 
 UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
