@@ -157,20 +157,23 @@ class Loop(LoopCore, base_events.BaseEventLoop):
 
     async def sock_recv(self, sock, n):
         """Receive up to ``n`` bytes from the non-blocking socket ``sock``."""
-        return await self._sock_read(sock, sock.recv, self._sock_recv, n)
+        data, waiter = self._sock_read(sock, sock.recv, self._sock_recv, n)
+        return data if waiter is None else await waiter
 
     async def sock_recv_into(self, sock, buf):
         """Receive into ``buf`` from the non-blocking socket ``sock``; return the count."""
-        return await self._sock_read(sock, sock.recv_into, self._sock_recv_into, buf)
+        count, waiter = self._sock_read(sock, sock.recv_into, self._sock_recv_into, buf)
+        return count if waiter is None else await waiter
 
-    async def _sock_read(self, sock, read, on_readable, arg):
-        # Try read(arg) at once; if it would block, wait until on_readable (asyncio's
-        # _sock_recv/_sock_recv_into, which retry and resolve the future) succeeds.
+    def _sock_read(self, sock, read, on_readable, arg):
+        # Try read(arg) at once: (result, None). If it would block, (None, a future)
+        # that on_readable (asyncio's _sock_recv/_sock_recv_into, which retry on every
+        # readiness) resolves. Not a coroutine itself: one coroutine per call is enough.
         base_events._check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         try:
-            return read(arg)
+            return read(arg), None
         except (BlockingIOError, InterruptedError):
             pass
         fut = self.create_future()
@@ -178,7 +181,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         self._ensure_fd_no_transport(fd)
         handle = self._add_edge_reader(sock, on_readable, fut, sock, arg)
         fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
-        return await fut
+        return None, fut
 
     def _sock_edge_read_done(self, fd, fut, handle=None) -> None:
         if handle is None or not handle.cancelled():
