@@ -1,8 +1,9 @@
 """A small asyncio program run on ferroloop: the README's "main job".
 
 It exercises what most programs use — tasks and TaskGroup, timers and timeouts, a
-queue-based pipeline, contextvars, a thread pool and ``asyncio.to_thread`` — and prints
-what it observed, so a reader can see ferroloop is the loop doing the work.
+queue-based pipeline, contextvars, a thread pool and ``asyncio.to_thread``, and a TCP
+server with streams clients — and prints what it observed, so a reader can see
+ferroloop is the loop doing the work.
 """
 
 from __future__ import annotations
@@ -44,6 +45,37 @@ async def pipeline() -> list[tuple[str, int]]:
     return results
 
 
+async def handle_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A line-based upper-casing server: one reply per line, until the client's EOF."""
+    while line := await reader.readline():
+        writer.write(line.upper())
+        await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def client(port: int, name: str, lines: int) -> list[bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for i in range(lines):
+        writer.write(f"{name} line {i}\n".encode())
+    await writer.drain()
+    writer.write_eof()
+    replies = [reply async for reply in reader]
+    writer.close()
+    await writer.wait_closed()
+    return replies
+
+
+async def tcp_round_trip() -> int:
+    server = await asyncio.start_server(handle_client, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        replies = await asyncio.gather(*(client(port, f"c{n}", 100) for n in range(20)))
+    for n, lines in enumerate(replies):
+        assert lines == [f"C{n} LINE {i}\n".encode() for i in range(100)]
+    return sum(map(len, replies))
+
+
 async def main() -> None:
     loop = asyncio.get_running_loop()
     print(f"running on {type(loop).__module__}.{type(loop).__qualname__}")
@@ -77,6 +109,11 @@ async def main() -> None:
     await asyncio.sleep(0.05)
     print(f"timers fired in deadline order: {fired}")
     assert fired == [0.01, 0.02, 0.03]
+
+    started = time.perf_counter()
+    replies = await tcp_round_trip()
+    elapsed = time.perf_counter() - started
+    print(f"TCP server: 20 stream clients, {replies} lines echoed in {elapsed * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -320,3 +320,12 @@ def test_dash_m_exit_status(run_python, ferroloop, tmp_path, body, expected_code
     assert proc.returncode == expected_code, proc.stderr
     if expected_code == 1:
         assert "ValueError: boom" in proc.stderr
+
+
+def test_demo_program_runs_on_ferroloop(run_python, ferroloop):
+    """The README's main job (examples/demo.py) runs to completion on ferroloop."""
+    demo = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "demo.py")
+    result = run_python(demo)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "running on ferroloop.Loop"
+    assert "TCP server: 20 stream clients, 2000 lines echoed" in result.stdout
