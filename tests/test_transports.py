@@ -1444,3 +1444,44 @@ def test_tls_echo_over_streams(loop):
         return got
 
     assert run(loop, main()) == payload[::-1]
+
+
+# --------------------------------------------------------------------------------------
+# Garbage collection
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["close", "abort", "peer_closes", "fatal_error"])
+def test_closed_transport_and_protocol_are_freed(loop, ending):
+    """Once connection_lost ran, nothing keeps the transport or its protocol alive (the
+    transport <-> protocol cycle is collectable, and the loop holds no references)."""
+    import gc
+    import weakref
+
+    contexts = collect_handler_contexts(loop)
+
+    async def main():
+        t, p, peer = await tcp_pair(
+            loop, RaisingDataReceived if ending == "fatal_error" else Recorder
+        )
+        with peer:
+            t.write(b"x" * 100_000)
+            if ending == "close":
+                t.close()
+            elif ending == "abort":
+                t.abort()
+            elif ending == "peer_closes":
+                peer.shutdown(socket.SHUT_WR)
+            else:
+                peer.send(b"boom")
+            await recv_to_eof(loop, peer) if ending != "abort" else None
+            await p.lost
+        await asyncio.sleep(0)
+        return weakref.ref(t), weakref.ref(p)
+
+    transport_ref, protocol_ref = run(loop, main())
+    assert len(contexts) == (1 if ending == "fatal_error" else 0)
+    contexts.clear()  # The handler's context names the transport and protocol.
+    gc.collect()
+    assert transport_ref() is None
+    assert protocol_ref() is None
