@@ -13,7 +13,7 @@ helpers (``loop.sendfile``, ``start_tls``) read.
 
 from __future__ import annotations
 
-import sys
+import inspect
 import warnings
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from asyncio.log import logger
@@ -22,8 +22,10 @@ from ._ferroloop import SocketTransportCore
 
 __all__ = ["SocketTransport"]
 
-# Servers count their transports; 3.13 also keeps them (for close_clients()).
-_SERVER_TRACKS_TRANSPORTS = sys.version_info >= (3, 13)
+# Servers count their transports; 3.13 also keeps them (for close_clients()) and takes
+# the transport as an argument. Asked of the signature, not the version number, in case
+# a maintenance release backports it.
+_SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).parameters) > 1
 
 
 def _core_attribute(name: str, doc: str) -> property:
