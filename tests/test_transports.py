@@ -753,6 +753,23 @@ def test_write_after_write_eof_raises(loop):
     assert got == b"before"
 
 
+def test_writelines_after_write_eof_raises(loop):
+    """The message is the installed Python's: 3.12+ has writelines() checks of its own."""
+
+    async def main():
+        t, p, peer = await tcp_pair(loop, Recorder)
+        with peer:
+            t.write_eof()
+            with pytest.raises(RuntimeError) as err:
+                t.writelines([b"after"])
+            await recv_to_eof(loop, peer)
+            await finish(t, p)
+            return str(err.value)
+
+    expected = "writelines()" if sys.version_info >= (3, 12) else "write()"
+    assert run(loop, main()) == f"Cannot call {expected} after write_eof()"
+
+
 def test_write_eof_waits_for_queued_data(loop):
     payload = os.urandom(1024 * 1024)
 

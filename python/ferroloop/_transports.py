@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from asyncio import base_events, constants, futures, protocols, transports, trsock
+from asyncio import (
+    base_events,
+    constants,
+    futures,
+    protocols,
+    selector_events,
+    transports,
+    trsock,
+)
 from asyncio.log import logger
 
 from ._ferroloop import SocketTransportCore
@@ -26,6 +34,11 @@ __all__ = ["SocketTransport"]
 # the transport as an argument. Asked of the signature, not the version number, in case
 # a maintenance release backports it.
 _SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).parameters) > 1
+
+
+# 3.12+ socket transports have a writelines() of their own (3.11 inherits
+# WriteTransport's join-and-write), whose checks and messages differ.
+_OWN_WRITELINES = "writelines" in vars(selector_events._SelectorSocketTransport)
 
 
 def _core_attribute(name: str, doc: str) -> property:
@@ -174,6 +187,14 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._core.write(data)
 
     def writelines(self, list_of_data) -> None:
+        if _OWN_WRITELINES:
+            # 3.12+ checks before joining, with messages of its own.
+            if self._eof:
+                raise RuntimeError("Cannot call writelines() after write_eof()")
+            if self._empty_waiter is not None:
+                raise RuntimeError("unable to writelines; sendfile is in progress")
+            if not list_of_data:
+                return
         self.write(b"".join(list_of_data))
 
     def write_eof(self) -> None:
