@@ -155,9 +155,9 @@ impl FdCallbacks {
             .ok_or_else(|| PyValueError::new_err(format!("Invalid file descriptor: {number}")))
     }
 
-    /// Installs `handle` as the `slot` callback of `fd` (registered with `fileobj`);
-    /// returns the callback it replaces (to be cancelled by the caller, outside the
-    /// loop's lock).
+    /// Installs `handle` as the `slot` callback (reader or writer) of `fd`, registered
+    /// with `fileobj`; returns the callback it replaces (to be cancelled by the caller,
+    /// outside the loop's lock).
     pub(crate) fn add(
         &mut self,
         py: Python<'_>,
@@ -167,9 +167,7 @@ impl FdCallbacks {
         slot: Slot,
         handle: Py<Handle>,
     ) -> PyResult<Displaced> {
-        if slot == Slot::EdgeReader {
-            return self.add_edge_reader(py, poller, fd, fileobj, handle);
-        }
+        debug_assert!(slot != Slot::EdgeReader, "edge readers use add_edge_reader");
         let token = fd as u64;
         let fileobj = fileobj.clone().unbind();
         match self.entries.get_mut(&fd) {
@@ -206,18 +204,23 @@ impl FdCallbacks {
 
     /// Installs `handle` as the socket-operation reader of `sock`'s descriptor `fd`,
     /// keeping the registration for `sock` afterwards (see the module documentation).
-    /// Returns the reader it replaces, for the caller to cancel.
-    fn add_edge_reader(
+    /// Returns the reader it replaces, for the caller to cancel, and the weak reference
+    /// to a previous socket it no longer needs.
+    ///
+    /// `weak` is a weak reference to `sock`, made by the caller before taking the loop's
+    /// lock (allocating under it could run a collection whose finalizers call back into
+    /// the loop); without one (a socket that cannot be weakly referenced) the
+    /// registration is not kept.
+    pub(crate) fn add_edge_reader(
         &mut self,
         py: Python<'_>,
         poller: &Poller,
         fd: RawFd,
         sock: &Bound<'_, PyAny>,
         handle: Py<Handle>,
+        weak: Option<Py<PyWeakrefReference>>,
     ) -> PyResult<Displaced> {
         let token = fd as u64;
-        // Objects that cannot be weakly referenced get no kept registration.
-        let weak = PyWeakrefReference::new(sock).ok().map(Bound::unbind);
         let Some(entry) = self.entries.get_mut(&fd) else {
             let entry = FdEntry {
                 fileobj: None,
@@ -236,9 +239,11 @@ impl FdCallbacks {
         let registered_for_sock = entry.kept_socket(py).is_some_and(|kept| kept.is(sock));
         let before = entry.interest(py);
         let previous = entry.edge_reader.replace(handle);
-        if !registered_for_sock {
-            entry.kept_for = weak;
-        }
+        let replaced_owner = if registered_for_sock {
+            None
+        } else {
+            std::mem::replace(&mut entry.kept_for, weak)
+        };
         let after = entry.interest(py);
         // The same socket's kept registration is already in epoll: no syscall. Another
         // socket's (the number was reused) is renewed; re-adding if the kernel forgot it.
@@ -250,7 +255,7 @@ impl FdCallbacks {
                 return Err(os_error(err));
             }
         }
-        Ok((previous, None))
+        Ok((previous, replaced_owner.map(Py::into_any)))
     }
 
     /// Brings epoll in line with `fd`'s entry after a callback went away: unregisters

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ferroloop_reactor::{monotonic, Poller, PollerEvents, ReadyQueue, SignalPipe, TimerHeap};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -170,15 +170,27 @@ impl LoopCore {
         this.check_closed()?;
         let core = handle_core(callback, args, None, this.debug())?;
         let handle = Py::new(py, Handle { core })?;
+        // Allocated before the lock is taken (see `FdCallbacks::add_edge_reader`).
+        let weak = match slot {
+            Slot::EdgeReader => PyWeakrefReference::new(fd).ok().map(Bound::unbind),
+            Slot::Reader | Slot::Writer => None,
+        };
         let io = this.io_driver()?;
         // `handle` and `fd` stay referenced here, so nothing the registry drops while
         // the lock is held can be deallocated (and run a finalizer) under it.
         let (replaced, old_fileobj) = {
             let mut state = this.state();
             let fd_number = state.fds.resolve(fd, number)?;
-            state
-                .fds
-                .add(py, &io.poller, fd_number, fd, slot, handle.clone_ref(py))?
+            let handle = handle.clone_ref(py);
+            match slot {
+                Slot::EdgeReader => {
+                    let fds = &mut state.fds;
+                    fds.add_edge_reader(py, &io.poller, fd_number, fd, handle, weak)?
+                }
+                Slot::Reader | Slot::Writer => {
+                    state.fds.add(py, &io.poller, fd_number, fd, slot, handle)?
+                }
+            }
         };
         if let Some(replaced) = replaced {
             Handle::cancel(replaced.bind(py));
