@@ -7,6 +7,7 @@
 mod errors;
 mod event_loop;
 mod ffi;
+mod net;
 mod py_cache;
 mod transport;
 
@@ -20,6 +21,8 @@ mod _ferroloop {
     use crate::event_loop::handle::{Handle, TimerHandle};
     #[pymodule_export]
     use crate::event_loop::LoopCore;
+    #[pymodule_export]
+    use crate::net::SocketOperation;
     #[pymodule_export]
     use crate::transport::SocketTransportCore;
 }

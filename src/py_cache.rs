@@ -76,3 +76,8 @@ pub static GETFRAME: CachedAttr = CachedAttr::new("sys", "_getframe");
 pub static BASE_EVENTS_MODULE: CachedAttr = CachedAttr::new("asyncio", "base_events");
 /// `asyncio.log`, whose `logger` is looked up per use (rare warnings), as asyncio does.
 pub static ASYNCIO_LOG_MODULE: CachedAttr = CachedAttr::new("asyncio", "log");
+/// `asyncio.base_events._check_ssl_socket`: the check `sock_*` methods start with.
+pub static CHECK_SSL_SOCKET: CachedAttr =
+    CachedAttr::new("asyncio.base_events", "_check_ssl_socket");
+/// `socket.socket`: sockets of exactly this type get the direct syscall path.
+pub static SOCKET_TYPE: CachedAttr = CachedAttr::new("socket", "socket");

@@ -433,3 +433,131 @@ def test_cancelled_wait_is_unregistered_as_seen_by_the_selector(loop, pair):
             loop._selector.get_key(a)
 
     loop.run_until_complete(main())
+
+
+# sock_recv/sock_sendall return coroutines on stock asyncio; on ferroloop, a native
+# object that must behave as one in every way a program can observe.
+
+
+def test_sock_operations_in_tasks_gather_and_wait_for(loop, pair):
+    a, b = pair
+
+    async def main():
+        sender = asyncio.ensure_future(loop.sock_sendall(b, b"ping"))
+        got, sent = await asyncio.gather(loop.sock_recv(a, 100), sender)
+        assert (got, sent) == (b"ping", None)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(a, 100), 0.01)
+        b.send(b"after timeout")  # The timed-out recv left nothing behind to steal it.
+        return await asyncio.wait_for(loop.sock_recv(a, 100), 5)
+
+    assert loop.run_until_complete(main()) == b"after timeout"
+
+
+def test_bad_arguments_raise_when_awaited_as_stock(loop, pair):
+    a, b = pair
+
+    async def outcome(aw):
+        try:
+            return await aw
+        except Exception as exc:
+            return type(exc), str(exc)
+
+    async def main():
+        ops = [
+            loop.sock_recv(a, "ten"),
+            loop.sock_recv(a, -1),
+            loop.sock_sendall(b, "text"),
+            loop.sock_sendall(b, 42),
+        ]
+        return [await outcome(op) for op in ops]
+
+    results = loop.run_until_complete(main())
+    assert [r[0] for r in results] == [TypeError, ValueError, TypeError, TypeError]
+    assert results[1][1] == "negative buffersize in recv"
+
+
+def test_ssl_socket_refused(loop):
+    import ssl
+
+    ctx = ssl.create_default_context()
+    with socket.socket() as raw:
+        wrapped = ctx.wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+        with wrapped:
+
+            async def main():
+                with pytest.raises(TypeError, match="Socket cannot be of type SSLSocket"):
+                    await loop.sock_recv(wrapped, 10)
+                with pytest.raises(TypeError, match="Socket cannot be of type SSLSocket"):
+                    await loop.sock_sendall(wrapped, b"x")
+
+            loop.run_until_complete(main())
+
+
+def test_socket_subclass_uses_its_own_methods(loop, pair):
+    a, b = pair
+    calls = []
+
+    class Recording(socket.socket):
+        def recv(self, n, *args):
+            calls.append(("recv", n))
+            return super().recv(n, *args)
+
+        def send(self, data, *args):
+            calls.append(("send", bytes(data)))
+            return super().send(data, *args)
+
+    sub = Recording(fileno=os.dup(a.fileno()))
+    sub.setblocking(False)
+    with sub:
+
+        async def main():
+            await loop.sock_sendall(sub, b"out")
+            assert b.recv(10) == b"out"
+            loop.call_soon(b.send, b"in")
+            return await loop.sock_recv(sub, 10)
+
+        assert loop.run_until_complete(main()) == b"in"
+    assert calls[0] == ("send", b"out")
+    assert ("recv", 10) in calls
+
+
+def test_awaiting_twice_and_closing(loop, pair):
+    a, b = pair
+
+    async def main():
+        b.send(b"x")
+        op = loop.sock_recv(a, 10)
+        assert await op == b"x"
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            await op
+        never_started = loop.sock_recv(a, 10)
+        never_started.close()  # A coroutine that never ran closes quietly.
+        waiting = asyncio.ensure_future(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        b.send(b"kept")
+        return await loop.sock_recv(a, 10)
+
+    assert loop.run_until_complete(main()) == b"kept"
+
+
+def test_sock_recv_in_an_eager_task(loop, pair):
+    eager = getattr(asyncio, "eager_task_factory", None)
+    if eager is None:
+        pytest.skip("eager tasks are 3.12+")
+    a, b = pair
+
+    async def main():
+        loop.set_task_factory(eager)
+        b.send(b"ready")
+        done_at_once = asyncio.create_task(loop.sock_recv(a, 10))
+        assert done_at_once.done()  # Data was there: the eager step completed it.
+        waiting = asyncio.create_task(loop.sock_recv(a, 10))
+        assert not waiting.done()
+        b.send(b"later")
+        return done_at_once.result(), await waiting
+
+    assert loop.run_until_complete(main()) == (b"ready", b"later")

@@ -13,6 +13,7 @@ tear-down around the native loop body, ``close``, and the signal wake-up descrip
 
 from __future__ import annotations
 
+import collections.abc
 import errno
 import functools
 import os
@@ -33,7 +34,7 @@ from asyncio import (
 )
 from asyncio.log import logger
 
-from ._ferroloop import Handle, LoopCore
+from ._ferroloop import Handle, LoopCore, SocketOperation
 from ._transports import SocketTransport
 
 __all__ = ["Loop"]
@@ -150,38 +151,45 @@ class Loop(LoopCore, base_events.BaseEventLoop):
 
     # -- socket operations -----------------------------------------------------------------
 
-    # asyncio's sock_recv/sock_recv_into, waiting through an edge reader: the socket's
-    # epoll registration is kept between operations instead of being added and deleted
-    # around every wait (see src/event_loop/fd_callbacks.rs). The rest of the sock_*
-    # family is asyncio's code as is (adopted below).
+    # sock_recv and sock_sendall are native (LoopCore, src/net/sock_op.rs): they try the
+    # syscall directly and call these only when the socket would block, for the future
+    # to wait on. Reads wait through an edge reader: the socket's epoll registration is
+    # kept between operations instead of being added and deleted around every wait (see
+    # src/event_loop/fd_callbacks.rs). The rest of the sock_* family is asyncio's code as
+    # is (adopted below).
 
-    async def sock_recv(self, sock, n):
-        """Receive up to ``n`` bytes from the non-blocking socket ``sock``."""
-        data, waiter = self._sock_read(sock, sock.recv, self._sock_recv, n)
-        return data if waiter is None else await waiter
+    def _sock_recv_wait(self, sock, n):
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_edge_reader(sock, self._sock_recv, fut, sock, n)
+        fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
+        return fut
+
+    def _sock_sendall_wait(self, sock, data, sent):
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        # asyncio's writer callback, with its mutable position in a list.
+        handle = self._add_writer(fd, self._sock_sendall, fut, sock, memoryview(data), [sent])
+        fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
+        return fut
 
     async def sock_recv_into(self, sock, buf):
         """Receive into ``buf`` from the non-blocking socket ``sock``; return the count."""
-        count, waiter = self._sock_read(sock, sock.recv_into, self._sock_recv_into, buf)
-        return count if waiter is None else await waiter
-
-    def _sock_read(self, sock, read, on_readable, arg):
-        # Try read(arg) at once: (result, None). If it would block, (None, a future)
-        # that on_readable (asyncio's _sock_recv/_sock_recv_into, which retry on every
-        # readiness) resolves. Not a coroutine itself: one coroutine per call is enough.
         base_events._check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         try:
-            return read(arg), None
+            return sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
             pass
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        handle = self._add_edge_reader(sock, on_readable, fut, sock, arg)
+        handle = self._add_edge_reader(sock, self._sock_recv_into, fut, sock, buf)
         fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
-        return None, fut
+        return await fut
 
     def _sock_edge_read_done(self, fd, fut, handle=None) -> None:
         if handle is None or not handle.cancelled():
@@ -357,6 +365,13 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             executor.shutdown(wait=False)
 
 
+# Defined by LoopCore; adopting asyncio's versions onto Loop would shadow them.
+_NATIVE_SOCK_METHODS = frozenset({"sock_recv", "sock_sendall"})
+
+# What they return acts as the coroutine asyncio's `async def` versions return.
+collections.abc.Coroutine.register(SocketOperation)
+
+
 def _adopt(source: type, wanted) -> None:
     """Give Loop the methods of ``source`` whose names ``wanted`` accepts, unless Loop
     defines its own. They run unchanged on top of the native ``_add_reader``/
@@ -377,7 +392,10 @@ def _adopt(source: type, wanted) -> None:
 # hence the adoption by prefix rather than a fixed list.
 _adopt(
     selector_events.BaseSelectorEventLoop,
-    lambda name: name.startswith(("sock_", "_sock_")) or name == "_ensure_fd_no_transport",
+    lambda name: (
+        (name.startswith(("sock_", "_sock_")) and name not in _NATIVE_SOCK_METHODS)
+        or name == "_ensure_fd_no_transport"
+    ),
 )
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 

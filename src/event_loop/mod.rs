@@ -26,6 +26,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::os_error;
 use crate::ffi;
 use crate::ffi::KwNames;
+use crate::net::SocketOperation;
 use crate::py_cache::{BASE_EVENT_LOOP, FUTURE_TYPE, TASKS_MODULE};
 
 use fd_callbacks::{fileno, FdCallbacks, Slot};
@@ -452,6 +453,19 @@ impl LoopCore {
             .fds
             .resolve(fd, number)
             .map_or(0, |fd_number| state.fds.events(fd_number)))
+    }
+
+    /// `sock_recv(sock, nbytes)`: receive up to `nbytes` from the non-blocking socket
+    /// `sock`. Returns an awaitable that behaves as asyncio's coroutine (see
+    /// `net::sock_op`).
+    fn sock_recv(slf: &Bound<'_, Self>, sock: Py<PyAny>, nbytes: Py<PyAny>) -> SocketOperation {
+        SocketOperation::recv(slf.clone().into_any().unbind(), sock, nbytes)
+    }
+
+    /// `sock_sendall(sock, data)`: send all of `data` on the non-blocking socket
+    /// `sock`. Returns an awaitable that behaves as asyncio's coroutine.
+    fn sock_sendall(slf: &Bound<'_, Self>, sock: Py<PyAny>, data: Py<PyAny>) -> SocketOperation {
+        SocketOperation::sendall(slf.clone().into_any().unbind(), sock, data)
     }
 
     /// Stops the loop after the current iteration.

@@ -36,6 +36,12 @@ thread_local! {
     static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ].into_boxed_slice());
 }
 
+/// Runs `f` with this thread's read buffer (256 KiB): where reads land before being
+/// copied into a `bytes` of the size received.
+pub(crate) fn with_read_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_SCRATCH.with_borrow_mut(|scratch| f(scratch))
+}
+
 /// Bytes `write()` could not send yet, consumed from the front without shifting the
 /// rest on every partial send.
 #[derive(Default)]
@@ -172,7 +178,7 @@ impl SocketTransportCore {
     ) -> PyResult<()> {
         let py = protocol.py();
         let received = retry_interrupted(|| {
-            READ_SCRATCH.with_borrow_mut(|scratch| {
+            with_read_scratch(|scratch| {
                 stream_io::recv(fd, scratch)
                     .map(|n| (n > 0).then(|| PyBytes::new(py, &scratch[..n])))
             })
