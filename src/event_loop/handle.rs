@@ -55,6 +55,10 @@ pub(crate) struct HandleCore {
     /// In the loop's timer heap (timers only): only then does cancelling count towards
     /// a heap rebuild.
     scheduled: AtomicBool,
+    /// The context is a copy made for this handle (no `context=` was given), so the
+    /// loop may untrack it while the handle is queued (see [`untrack_queued`]). Handles
+    /// given a context (every task step) skip that bookkeeping.
+    private_context: bool,
     /// Present only for handles created in debug mode; boxed so that the common case
     /// costs one pointer per handle.
     debug: Option<Box<DebugInfo>>,
@@ -74,6 +78,7 @@ impl HandleCore {
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         context: Py<PyAny>,
+        private_context: bool,
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
         HandleCore {
@@ -84,6 +89,7 @@ impl HandleCore {
             }),
             cancelled: AtomicBool::new(false),
             scheduled: AtomicBool::new(false),
+            private_context,
             debug: source_traceback.map(|source_traceback| {
                 Box::new(DebugInfo {
                     source_traceback,
@@ -200,6 +206,9 @@ impl HandleCore {
     /// owner (the copy of the current context made at scheduling); see
     /// [`untrack_queued`].
     fn untrack_private_context(&self) {
+        if !self.private_context {
+            return;
+        }
         if let Some(context) = &self.refs().context {
             crate::ffi::untrack_private_context(context.as_ptr());
         }
@@ -207,6 +216,9 @@ impl HandleCore {
 
     /// Makes the collector track the handle's context again (see [`untrack_queued`]).
     fn retrack_context(&self) {
+        if !self.private_context {
+            return;
+        }
         if let Some(context) = &self.refs().context {
             crate::ffi::retrack_context(context.as_ptr());
         }

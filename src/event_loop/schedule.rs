@@ -48,9 +48,10 @@ pub(crate) fn handle_core(
     debug: bool,
 ) -> PyResult<HandleCore> {
     let py = callback.py();
-    let context = match context {
-        Some(ctx) if !ctx.is_none() => ctx.unbind(),
-        _ => ffi::copy_context(py)?,
+    // A copy made here is the handle's alone: the loop may untrack it while queued.
+    let (context, private_context) = match context {
+        Some(ctx) if !ctx.is_none() => (ctx.unbind(), false),
+        _ => (ffi::copy_context(py)?, true),
     };
     let source_traceback = if debug {
         // From native code `sys._getframe(0)` is the caller's frame, which is exactly
@@ -64,6 +65,7 @@ pub(crate) fn handle_core(
         callback.unbind(),
         args.unbind(),
         context,
+        private_context,
         source_traceback,
     ))
 }
