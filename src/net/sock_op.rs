@@ -100,22 +100,17 @@ impl SocketOperation {
         nbytes: &Bound<'_, PyAny>,
     ) -> PyResult<Attempt> {
         if let (Some(fd), Ok(n)) = (Self::direct_fd(py, sock)?, nbytes.extract::<usize>()) {
-            return loop {
-                // recv(n) may return fewer bytes than n: reading at most a scratch
-                // buffer's worth is what a recv of n can do anyway.
-                let received = with_read_scratch(|scratch| {
-                    let len = n.min(scratch.len());
-                    stream_io::recv(fd, &mut scratch[..len])
-                        .map(|got| PyBytes::new(py, &scratch[..got]).into_any().unbind())
-                });
-                match received {
-                    Ok(data) => break Ok(Attempt::Complete(data)),
-                    Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                        break Ok(Attempt::WouldBlock(0))
-                    }
-                    Err(err) if err.kind() == ErrorKind::Interrupted => py.check_signals()?,
-                    Err(err) => break Err(os_error(err)),
-                }
+            // recv(n) may return fewer bytes than n: reading at most a scratch buffer's
+            // worth is what a recv of n can do anyway.
+            let received = with_read_scratch(|scratch| {
+                let len = n.min(scratch.len());
+                stream_io::recv(fd, &mut scratch[..len])
+                    .map(|got| PyBytes::new(py, &scratch[..got]).into_any().unbind())
+            });
+            return match received {
+                Ok(data) => Ok(Attempt::Complete(data)),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(Attempt::WouldBlock(0)),
+                Err(err) => Err(os_error(err)),
             };
         }
         match sock.call_method1(intern!(py, "recv"), (nbytes,)) {
@@ -132,13 +127,10 @@ impl SocketOperation {
     ) -> PyResult<Attempt> {
         let plain_bytes = data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>();
         if let (true, Some(fd)) = (plain_bytes, Self::direct_fd(py, sock)?) {
-            let sent = ffi::with_bytes(data, |bytes| loop {
-                match stream_io::send(fd, bytes) {
-                    Ok(n) => break Ok((n, bytes.len())),
-                    Err(err) if err.kind() == ErrorKind::WouldBlock => break Ok((0, bytes.len())),
-                    Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-                    Err(err) => break Err(err),
-                }
+            let sent = ffi::with_bytes(data, |bytes| match stream_io::send(fd, bytes) {
+                Ok(n) => Ok((n, bytes.len())),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => Ok((0, bytes.len())),
+                Err(err) => Err(err),
             })?;
             return match sent {
                 Ok((n, len)) if n == len => Ok(Attempt::Complete(py.None())),

@@ -131,17 +131,6 @@ fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
-/// Runs a non-blocking socket call, retrying on `EINTR` (PEP 475; Python runs the signal
-/// handlers at its next check).
-fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match call() {
-            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
-}
-
 /// The error `socket.recv_into` raises for a buffer it cannot write into.
 fn not_writable(buffer: &Bound<'_, PyAny>) -> PyErr {
     let name = buffer
@@ -177,11 +166,8 @@ impl SocketTransportCore {
         transport: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = protocol.py();
-        let received = retry_interrupted(|| {
-            with_read_scratch(|scratch| {
-                stream_io::recv(fd, scratch)
-                    .map(|n| (n > 0).then(|| PyBytes::new(py, &scratch[..n])))
-            })
+        let received = with_read_scratch(|scratch| {
+            stream_io::recv(fd, scratch).map(|n| (n > 0).then(|| PyBytes::new(py, &scratch[..n])))
         });
         let data = match received {
             Ok(Some(data)) => data,
@@ -232,15 +218,13 @@ impl SocketTransportCore {
                 )
             }
         };
-        let received = ffi::with_bytes_mut(&buffer, |memory| {
-            retry_interrupted(|| stream_io::recv(fd, memory))
-        })
-        .map_err(|_| not_writable(&buffer))
-        .and_then(|result| match result {
-            Ok(n) => Ok(Some(n)),
-            Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(None),
-            Err(err) => Err(os_error(err)),
-        });
+        let received = ffi::with_bytes_mut(&buffer, |memory| stream_io::recv(fd, memory))
+            .map_err(|_| not_writable(&buffer))
+            .and_then(|result| match result {
+                Ok(n) => Ok(Some(n)),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(None),
+                Err(err) => Err(os_error(err)),
+            });
         match received {
             Ok(None) => Ok(()),
             Ok(Some(0)) => {
@@ -374,7 +358,7 @@ impl SocketTransportCore {
                     this.pending.push(bytes);
                     WriteOutcome::Queued
                 } else {
-                    match retry_interrupted(|| stream_io::send(this.fd, bytes)) {
+                    match stream_io::send(this.fd, bytes) {
                         Ok(n) if n == bytes.len() => WriteOutcome::Done,
                         Ok(n) => {
                             this.pending.push(&bytes[n..]);
@@ -460,7 +444,7 @@ impl SocketTransportCore {
                 return Ok(());
             }
             let fd = this.fd;
-            let sent = retry_interrupted(|| stream_io::send(fd, this.pending.unsent()));
+            let sent = stream_io::send(fd, this.pending.unsent());
             if let Ok(n) = sent {
                 this.pending.consume(n);
             }

@@ -9,6 +9,7 @@
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 
+use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
 
 fn borrowed(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
@@ -23,9 +24,20 @@ fn borrowed(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
     Ok(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
+/// Runs a syscall again for as long as a signal interrupts it.
+fn retry_interrupted<T>(mut call: impl FnMut() -> Result<T, Errno>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::INTR) => continue,
+            other => return other.map_err(Into::into),
+        }
+    }
+}
+
 /// Reads what is available into `buf`; `Ok(0)` means the peer closed its side.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    let (read, _) = rustix::net::recv(borrowed(fd)?, buf, RecvFlags::empty())?;
+    let fd = borrowed(fd)?;
+    let (read, _) = retry_interrupted(|| rustix::net::recv(fd, &mut *buf, RecvFlags::empty()))?;
     Ok(read)
 }
 
@@ -33,7 +45,8 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 /// `EPIPE` error even where `SIGPIPE` is not ignored (Python ignores it; embedders may
 /// not).
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    Ok(rustix::net::send(borrowed(fd)?, buf, SendFlags::NOSIGNAL)?)
+    let fd = borrowed(fd)?;
+    retry_interrupted(|| rustix::net::send(fd, buf, SendFlags::NOSIGNAL))
 }
 
 /// Sends FIN after the queued data (`shutdown(SHUT_WR)`).
