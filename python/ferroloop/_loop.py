@@ -158,11 +158,13 @@ class Loop(LoopCore, base_events.BaseEventLoop):
     # src/event_loop/fd_callbacks.rs). The rest of the sock_* family is asyncio's code as
     # is (adopted below).
 
-    def _sock_recv_wait(self, sock, n):
+    def _sock_read_wait(self, sock, on_readable, arg):
+        # on_readable: asyncio's _sock_recv/_sock_recv_into, which retry the read on
+        # every readiness and resolve the future.
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        handle = self._add_edge_reader(sock, self._sock_recv, fut, sock, n)
+        handle = self._add_edge_reader(sock, on_readable, fut, sock, arg)
         fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
         return fut
 
@@ -184,12 +186,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             return sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
             pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        handle = self._add_edge_reader(sock, self._sock_recv_into, fut, sock, buf)
-        fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
-        return await fut
+        return await self._sock_read_wait(sock, self._sock_recv_into, buf)
 
     def _sock_edge_read_done(self, fd, fut, handle=None) -> None:
         if handle is None or not handle.cancelled():

@@ -6,7 +6,7 @@
 //! registered as a `collections.abc.Coroutine` (so `create_task`, `gather` and
 //! `asyncio.iscoroutine` accept it), it runs the same checks on its first step, tries the
 //! syscall directly (for plain non-blocking `socket.socket` objects), and only when the
-//! socket would block asks the loop for a future to wait on (`_sock_recv_wait` /
+//! socket would block asks the loop for a future to wait on (`_sock_read_wait` /
 //! `_sock_sendall_wait`, asyncio's own waiting code in Python), yields it to the task
 //! exactly as `await future` does, and returns the future's result.
 
@@ -178,7 +178,8 @@ impl SocketOperation {
             Attempt::WouldBlock(sent) => sent,
         };
         let waiter = if receiving {
-            event_loop.call_method1(intern!(py, "_sock_recv_wait"), (&sock, &arg))?
+            let on_readable = event_loop.getattr(intern!(py, "_sock_recv"))?;
+            event_loop.call_method1(intern!(py, "_sock_read_wait"), (&sock, on_readable, &arg))?
         } else {
             event_loop.call_method1(intern!(py, "_sock_sendall_wait"), (&sock, &arg, sent))?
         };
