@@ -192,12 +192,7 @@ impl FdCallbacks {
                     kept_for: None,
                 };
                 *entry.slot(slot) = Some(handle);
-                let interest = entry.interest(py).expect("a callback is installed");
-                poller
-                    .register(borrowed(fd), token, interest)
-                    .map_err(os_error)?;
-                self.entries.insert(fd, entry);
-                Ok((None, None))
+                self.insert_registered(py, poller, fd, entry)
             }
         }
     }
@@ -229,12 +224,7 @@ impl FdCallbacks {
                 edge_reader: Some(handle),
                 kept_for: weak,
             };
-            let interest = entry.interest(py).expect("a reader is installed");
-            poller
-                .register(borrowed(fd), token, interest)
-                .map_err(os_error)?;
-            self.entries.insert(fd, entry);
-            return Ok((None, None));
+            return self.insert_registered(py, poller, fd, entry);
         };
         let registered_for_sock = entry.kept_socket(py).is_some_and(|kept| kept.is(sock));
         let before = entry.interest(py);
@@ -256,6 +246,22 @@ impl FdCallbacks {
             }
         }
         Ok((previous, replaced_owner.map(Py::into_any)))
+    }
+
+    /// Registers a new entry's descriptor with epoll, then records the entry.
+    fn insert_registered(
+        &mut self,
+        py: Python<'_>,
+        poller: &Poller,
+        fd: RawFd,
+        entry: FdEntry,
+    ) -> PyResult<Displaced> {
+        let interest = entry.interest(py).expect("a new entry has a callback");
+        poller
+            .register(borrowed(fd), fd as u64, interest)
+            .map_err(os_error)?;
+        self.entries.insert(fd, entry);
+        Ok((None, None))
     }
 
     /// Brings epoll in line with `fd`'s entry after a callback went away: unregisters
