@@ -394,11 +394,12 @@ impl SocketTransportCore {
                 }
             }
         };
-        let transport = match outcome {
-            WriteOutcome::Done => return Ok(()),
+        // Queued or failed writes go on in the Python transport; after connection_lost
+        // the core has let go of it, and there is nothing left to do.
+        let transport = || slf.borrow().transport(py);
+        match outcome {
+            WriteOutcome::Done => Ok(()),
             WriteOutcome::Dropped { earlier_drops } => {
-                // After connection_lost the core has let go of the transport; the
-                // warning does not need it.
                 if earlier_drops >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                     ASYNCIO_LOG_MODULE
                         .get(py)?
@@ -408,29 +409,26 @@ impl SocketTransportCore {
                             ("socket.send() raised exception.",),
                         )?;
                 }
-                return Ok(());
+                Ok(())
             }
-            _ => match slf.borrow().transport(py) {
-                Some(transport) => transport,
-                None => return Ok(()),
+            WriteOutcome::QueuedFirst | WriteOutcome::Queued => {
+                let Some(transport) = transport() else {
+                    return Ok(());
+                };
+                if matches!(outcome, WriteOutcome::QueuedFirst) {
+                    Self::watch_writable(slf, true)?;
+                }
+                transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+                Ok(())
+            }
+            WriteOutcome::Failed(err) => match transport() {
+                Some(transport) => Self::fatal(
+                    &transport,
+                    os_error(err),
+                    "Fatal write error on socket transport",
+                ),
+                None => Ok(()),
             },
-        };
-        match outcome {
-            WriteOutcome::Done | WriteOutcome::Dropped { .. } => Ok(()),
-            WriteOutcome::QueuedFirst => {
-                Self::watch_writable(slf, true)?;
-                transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
-                Ok(())
-            }
-            WriteOutcome::Queued => {
-                transport.call_method0(intern!(py, "_maybe_pause_protocol"))?;
-                Ok(())
-            }
-            WriteOutcome::Failed(err) => Self::fatal(
-                &transport,
-                os_error(err),
-                "Fatal write error on socket transport",
-            ),
         }
     }
 
