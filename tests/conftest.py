@@ -24,6 +24,19 @@ LOOP_KINDS = ["asyncio", "ferroloop"]
 # Upper bound for any subprocess started by the suite (a hang must fail, not block CI).
 SUBPROCESS_TIMEOUT = 60.0
 
+# Upper bound for an in-process wait of the transport and server tests.
+IO_TEST_TIMEOUT = 10.0
+
+
+def run_bounded(loop, coro, timeout: float = IO_TEST_TIMEOUT):
+    """Run ``coro`` on ``loop`` to completion, failing it after ``timeout`` seconds."""
+
+    async def bounded():
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return loop.run_until_complete(bounded())
+
 
 def _allow_missing() -> bool:
     return os.environ.get("FERROLOOP_ALLOW_MISSING") == "1"

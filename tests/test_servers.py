@@ -23,19 +23,10 @@ import textwrap
 import uuid
 
 import pytest
-from conftest import SUBPROCESS_TIMEOUT, child_env
+from conftest import IO_TEST_TIMEOUT, SUBPROCESS_TIMEOUT, child_env, run_bounded
 
-TIMEOUT = 10.0  # Bound of every in-process wait in this file.
-
-
-def run(loop, coro, timeout: float = TIMEOUT):
-    """Run ``coro`` on ``loop`` to completion, failing it after ``timeout`` seconds."""
-
-    async def bounded():
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return loop.run_until_complete(bounded())
+TIMEOUT = IO_TEST_TIMEOUT  # Bound of every wait in this file: a hang fails the test.
+run = run_bounded
 
 
 def has_ipv6_loopback() -> bool:

@@ -20,19 +20,12 @@ import struct
 import sys
 
 import pytest
+from conftest import IO_TEST_TIMEOUT, run_bounded
 
-TIMEOUT = 10.0  # Bound of every wait in this file: a hang fails the test.
+TIMEOUT = IO_TEST_TIMEOUT  # Bound of every wait in this file: a hang fails the test.
+run = run_bounded
+
 SMALL_BUF = 4096  # SO_SNDBUF for tests that need the kernel to push back early.
-
-
-def run(loop, coro, timeout: float = TIMEOUT):
-    """Run ``coro`` on ``loop`` to completion, failing it after ``timeout`` seconds."""
-
-    async def bounded():
-        async with asyncio.timeout(timeout):
-            return await coro
-
-    return loop.run_until_complete(bounded())
 
 
 def free_port() -> int:
