@@ -22,7 +22,7 @@ mod _ferroloop {
     #[pymodule_export]
     use crate::event_loop::LoopCore;
     #[pymodule_export]
-    use crate::net::SocketOperation;
+    use crate::net::{RecvWhenReadable, SocketOperation};
     #[pymodule_export]
     use crate::transport::SocketTransportCore;
 }

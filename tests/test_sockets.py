@@ -339,6 +339,54 @@ def test_many_waits_on_one_socket_deliver_everything_in_order(loop, pair):
     assert loop.run_until_complete(main()) == [f"{i:08}".encode() for i in range(1000)]
 
 
+def test_recv_after_a_wait_returns_at_most_nbytes_and_keeps_the_rest(loop, pair):
+    """A recv that had to wait reads at most nbytes; the rest is there for the next one."""
+    a, b = pair
+
+    async def main():
+        loop.call_later(0.005, b.send, b"0123456789")
+        first = await loop.sock_recv(a, 4)
+        second = await loop.sock_recv(a, 100)
+        loop.call_later(0.005, b.close)
+        eof = await loop.sock_recv(a, 100)  # the peer closed while this one waited
+        return first, second, eof
+
+    assert loop.run_until_complete(main()) == (b"0123", b"456789", b"")
+
+
+def test_recv_wait_with_a_large_nbytes_and_large_messages(loop, pair):
+    """Waits with nbytes far above what arrives, and messages above one read's worth."""
+    a, b = pair
+    payload = os.urandom(1 << 20)
+
+    async def main():
+        sender = asyncio.ensure_future(loop.sock_sendall(b, payload))
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = await loop.sock_recv(a, 4 << 20)
+            assert chunk, "unexpected EOF"
+            got += chunk
+        await sender
+        return bytes(got)
+
+    assert loop.run_until_complete(main()) == payload
+
+
+def test_wait_for_timeout_on_recv_unregisters_and_loses_no_data(loop, pair):
+    a, b = pair
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(a, 100), 0.01)
+        with pytest.raises(KeyError):
+            loop._selector.get_key(a)
+        b.send(b"after the timeout")
+        await asyncio.sleep(0.01)  # readable with nothing registered: nobody reads it
+        return await loop.sock_recv(a, 100)
+
+    assert loop.run_until_complete(main()) == b"after the timeout"
+
+
 def test_descriptor_number_reused_by_a_new_socket(loop):
     """A socket that waited in sock_recv is closed; the next socket gets its descriptor
     number, and a wait on it still sees data (no stale registration)."""

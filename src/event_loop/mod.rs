@@ -14,6 +14,7 @@ pub(crate) mod handle;
 mod run;
 mod schedule;
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -121,8 +122,9 @@ impl LoopCore {
         Ok(())
     }
 
+    /// The loop's debug flag (`get_debug()`).
     #[inline]
-    fn debug(&self) -> bool {
+    pub(crate) fn debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
     }
 
@@ -227,6 +229,31 @@ impl LoopCore {
             }
             None => false,
         })
+    }
+
+    /// `_add_edge_reader(sock, callback)` for native callers (see `net::sock_op`).
+    pub(crate) fn add_edge_reader(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+    ) -> PyResult<Py<Handle>> {
+        let no_args = PyTuple::empty(slf.py());
+        Self::add_fd_callback(slf, sock, callback, no_args, Slot::EdgeReader)
+    }
+
+    /// Removes `handle`, the edge reader a socket operation installed on `fd`, unless
+    /// it was cancelled: then a later operation replaced it, and the reader now
+    /// installed is not the caller's to remove.
+    pub(crate) fn remove_edge_reader(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        handle: &Py<Handle>,
+    ) -> PyResult<()> {
+        if handle.get().core.is_cancelled() {
+            return Ok(());
+        }
+        let fd = fd.into_pyobject(slf.py())?.into_any();
+        Self::remove_fd_callback(slf, &fd, Slot::EdgeReader).map(drop)
     }
 
     fn schedule_at(
@@ -459,13 +486,13 @@ impl LoopCore {
     /// `sock`. Returns an awaitable that behaves as asyncio's coroutine (see
     /// `net::sock_op`).
     fn sock_recv(slf: &Bound<'_, Self>, sock: Py<PyAny>, nbytes: Py<PyAny>) -> SocketOperation {
-        SocketOperation::recv(slf.clone().into_any().unbind(), sock, nbytes)
+        SocketOperation::recv(slf.clone().unbind(), sock, nbytes)
     }
 
     /// `sock_sendall(sock, data)`: send all of `data` on the non-blocking socket
     /// `sock`. Returns an awaitable that behaves as asyncio's coroutine.
     fn sock_sendall(slf: &Bound<'_, Self>, sock: Py<PyAny>, data: Py<PyAny>) -> SocketOperation {
-        SocketOperation::sendall(slf.clone().into_any().unbind(), sock, data)
+        SocketOperation::sendall(slf.clone().unbind(), sock, data)
     }
 
     /// Stops the loop after the current iteration.

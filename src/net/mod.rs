@@ -2,4 +2,4 @@
 
 mod sock_op;
 
-pub use sock_op::SocketOperation;
+pub use sock_op::{RecvWhenReadable, SocketOperation};

@@ -6,11 +6,20 @@
 //! registered as a `collections.abc.Coroutine` (so `create_task`, `gather` and
 //! `asyncio.iscoroutine` accept it), it runs the same checks on its first step, tries the
 //! syscall directly (for plain non-blocking `socket.socket` objects), and only when the
-//! socket would block asks the loop for a future to wait on (`_sock_read_wait` /
-//! `_sock_sendall_wait`, asyncio's own waiting code in Python), yields it to the task
-//! exactly as `await future` does, and returns the future's result.
+//! socket would block waits on a future, yielded to the task exactly as `await future`
+//! does, and returns the future's result.
+//!
+//! How it waits: a plain socket's `sock_recv` installs a [`RecvWhenReadable`] as the
+//! socket's edge reader, which reads into the loop's scratch buffer when the socket
+//! becomes readable and resolves the future; the operation removes that reader when it
+//! resumes or is abandoned. asyncio instead calls `sock.recv(nbytes)` on readiness,
+//! which allocates `nbytes` (often 256 KiB) and shrinks it for every message, and
+//! removes the reader from a done-callback: a second scheduled callback per wait. Every
+//! other case (socket subclasses, `sock_sendall` that would block) uses asyncio's own
+//! waiting code in Python (`_sock_read_wait` / `_sock_sendall_wait`).
 
 use std::io::ErrorKind;
+use std::os::fd::RawFd;
 
 use ferroloop_reactor::stream_io;
 use pyo3::exceptions::{PyBaseException, PyBlockingIOError, PyInterruptedError, PyRuntimeError};
@@ -20,6 +29,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
+use crate::event_loop::handle::Handle;
+use crate::event_loop::LoopCore;
 use crate::ffi;
 use crate::py_cache::{CHECK_SSL_SOCKET, SOCKET_TYPE};
 use crate::transport::with_read_scratch;
@@ -35,8 +46,12 @@ enum Request {
 /// Where the operation is.
 enum Progress {
     NotStarted,
-    /// Suspended on this future (yielded to the task).
-    Waiting(Py<PyAny>),
+    /// Suspended on `future` (yielded to the task); `reader` is the native edge reader
+    /// this operation installed on descriptor `.0`, if it waits that way.
+    Waiting {
+        future: Py<PyAny>,
+        reader: Option<(RawFd, Py<Handle>)>,
+    },
     Finished,
 }
 
@@ -50,7 +65,7 @@ enum Attempt {
 /// A pending `sock_recv`/`sock_sendall` call (see the module documentation).
 #[pyclass(module = "ferroloop._ferroloop")]
 pub struct SocketOperation {
-    event_loop: Py<PyAny>,
+    event_loop: Py<LoopCore>,
     sock: Py<PyAny>,
     request: Request,
     progress: Progress,
@@ -62,7 +77,7 @@ fn stop_with(value: Py<PyAny>) -> PyErr {
 }
 
 impl SocketOperation {
-    pub(crate) fn recv(event_loop: Py<PyAny>, sock: Py<PyAny>, nbytes: Py<PyAny>) -> Self {
+    pub(crate) fn recv(event_loop: Py<LoopCore>, sock: Py<PyAny>, nbytes: Py<PyAny>) -> Self {
         SocketOperation {
             event_loop,
             sock,
@@ -71,7 +86,7 @@ impl SocketOperation {
         }
     }
 
-    pub(crate) fn sendall(event_loop: Py<PyAny>, sock: Py<PyAny>, data: Py<PyAny>) -> Self {
+    pub(crate) fn sendall(event_loop: Py<LoopCore>, sock: Py<PyAny>, data: Py<PyAny>) -> Self {
         SocketOperation {
             event_loop,
             sock,
@@ -83,7 +98,7 @@ impl SocketOperation {
     /// The socket's descriptor if the syscall may be made directly: a plain
     /// `socket.socket` in non-blocking mode. Anything else (subclasses, sockets with a
     /// timeout, which asyncio lets block) goes through the socket's own methods.
-    fn direct_fd(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
+    fn direct_fd(py: Python<'_>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
         if !sock.get_type().is(SOCKET_TYPE.get(py)?) {
             return Ok(None);
         }
@@ -98,16 +113,10 @@ impl SocketOperation {
         py: Python<'_>,
         sock: &Bound<'_, PyAny>,
         nbytes: &Bound<'_, PyAny>,
+        direct: Option<(RawFd, usize)>,
     ) -> PyResult<Attempt> {
-        if let (Some(fd), Ok(n)) = (Self::direct_fd(py, sock)?, nbytes.extract::<usize>()) {
-            // recv(n) may return fewer bytes than n: reading at most a scratch buffer's
-            // worth is what a recv of n can do anyway.
-            let received = with_read_scratch(|scratch| {
-                let len = n.min(scratch.len());
-                stream_io::recv(fd, &mut scratch[..len])
-                    .map(|got| PyBytes::new(py, &scratch[..got]).into_any().unbind())
-            });
-            return match received {
+        if let Some((fd, n)) = direct {
+            return match recv_bytes(py, fd, n) {
                 Ok(data) => Ok(Attempt::Complete(data)),
                 Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(Attempt::WouldBlock(0)),
                 Err(err) => Err(os_error(err)),
@@ -124,9 +133,10 @@ impl SocketOperation {
         py: Python<'_>,
         sock: &Bound<'_, PyAny>,
         data: &Bound<'_, PyAny>,
+        fd: Option<RawFd>,
     ) -> PyResult<Attempt> {
         let plain_bytes = data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>();
-        if let (true, Some(fd)) = (plain_bytes, Self::direct_fd(py, sock)?) {
+        if let (true, Some(fd)) = (plain_bytes, fd) {
             let sent = ffi::with_bytes(data, |bytes| match stream_io::send(fd, bytes) {
                 Ok(n) => Ok((n, bytes.len())),
                 Err(err) if err.kind() == ErrorKind::WouldBlock => Ok((0, bytes.len())),
@@ -149,41 +159,161 @@ impl SocketOperation {
         Ok(Attempt::WouldBlock(sent.extract()?))
     }
 
-    /// The first step: asyncio's checks, the syscall, and the future to wait on if it
-    /// would block.
-    fn start(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+    /// The first step: asyncio's checks, the syscall, and, if it would block, the
+    /// future to wait on with the native reader installed for it (if any).
+    fn start(slf: &Bound<'_, Self>) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
         let py = slf.py();
         let (event_loop, sock) = {
             let this = slf.borrow();
             (this.event_loop.bind(py).clone(), this.sock.bind(py).clone())
         };
-        CHECK_SSL_SOCKET.get(py)?.call1((&sock,))?;
-        if event_loop.getattr(intern!(py, "_debug"))?.is_truthy()?
-            && !sock.call_method0(intern!(py, "gettimeout"))?.eq(0)?
-        {
+        // An exact `socket.socket` is never an `ssl.SSLSocket`: only others need the check.
+        if !sock.get_type().is(SOCKET_TYPE.get(py)?) {
+            CHECK_SSL_SOCKET.get(py)?.call1((&sock,))?;
+        }
+        if event_loop.get().debug() && !sock.call_method0(intern!(py, "gettimeout"))?.eq(0)? {
             return Err(PyValueError::new_err("the socket must be non-blocking"));
         }
+        let fd = Self::direct_fd(py, &sock)?;
         // Taken out of the object: no borrow is held while Python code runs.
         let (receiving, arg) = match &slf.borrow().request {
             Request::Recv(nbytes) => (true, nbytes.bind(py).clone()),
             Request::SendAll(data) => (false, data.bind(py).clone()),
         };
-        let attempt = if receiving {
-            Self::try_recv(py, &sock, &arg)?
-        } else {
-            Self::try_sendall(py, &sock, &arg)?
-        };
-        let sent = match attempt {
+        if receiving {
+            let direct = fd.zip(arg.extract::<usize>().ok());
+            if let Attempt::Complete(value) = Self::try_recv(py, &sock, &arg, direct)? {
+                return Err(stop_with(value));
+            }
+            if let Some((fd, nbytes)) = direct {
+                return wait_readable(&event_loop, &sock, fd, nbytes);
+            }
+            let on_readable = event_loop.getattr(intern!(py, "_sock_recv"))?;
+            let waiter = event_loop
+                .call_method1(intern!(py, "_sock_read_wait"), (&sock, on_readable, &arg))?;
+            return Ok((waiter.unbind(), None));
+        }
+        let sent = match Self::try_sendall(py, &sock, &arg, fd)? {
             Attempt::Complete(value) => return Err(stop_with(value)),
             Attempt::WouldBlock(sent) => sent,
         };
-        let waiter = if receiving {
-            let on_readable = event_loop.getattr(intern!(py, "_sock_recv"))?;
-            event_loop.call_method1(intern!(py, "_sock_read_wait"), (&sock, on_readable, &arg))?
-        } else {
-            event_loop.call_method1(intern!(py, "_sock_sendall_wait"), (&sock, &arg, sent))?
+        let waiter =
+            event_loop.call_method1(intern!(py, "_sock_sendall_wait"), (&sock, &arg, sent))?;
+        Ok((waiter.unbind(), None))
+    }
+
+    /// Ends the wait: removes the native reader, unless a later operation on the
+    /// descriptor already replaced (and so cancelled) it, as asyncio's
+    /// `_sock_read_done` checks.
+    fn stop_reading(slf: &Bound<'_, Self>, reader: Option<EdgeReader>) -> PyResult<()> {
+        let Some((fd, handle)) = reader else {
+            return Ok(());
         };
-        Ok(waiter.unbind())
+        let event_loop = slf.borrow().event_loop.clone_ref(slf.py());
+        LoopCore::remove_edge_reader(event_loop.bind(slf.py()), fd, &handle)
+    }
+}
+
+/// A native edge reader installed on a descriptor, and its handle.
+type EdgeReader = (RawFd, Py<Handle>);
+
+/// Receives up to `nbytes` from `fd` into the thread's scratch buffer, then copies what
+/// arrived into a `bytes`. `recv(n)` may return fewer bytes than `n`, so reading at most
+/// a scratch buffer's worth is what a recv of `n` can do anyway.
+fn recv_bytes(py: Python<'_>, fd: RawFd, nbytes: usize) -> std::io::Result<Py<PyAny>> {
+    with_read_scratch(|scratch| {
+        let len = nbytes.min(scratch.len());
+        stream_io::recv(fd, &mut scratch[..len])
+            .map(|got| PyBytes::new(py, &scratch[..got]).into_any().unbind())
+    })
+}
+
+/// `sock_recv` on a plain socket that would block: asyncio's `_sock_read_wait` with a
+/// [`RecvWhenReadable`] as the reader.
+fn wait_readable(
+    event_loop: &Bound<'_, LoopCore>,
+    sock: &Bound<'_, PyAny>,
+    fd: RawFd,
+    nbytes: usize,
+) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
+    let py = event_loop.py();
+    let future = event_loop.call_method0(intern!(py, "create_future"))?;
+    ensure_no_transport(event_loop, fd)?;
+    let reader = RecvWhenReadable {
+        future: future.clone().unbind(),
+        sock: sock.clone().unbind(),
+        fd,
+        nbytes,
+    };
+    let reader = Bound::new(py, reader)?.into_any();
+    let handle = LoopCore::add_edge_reader(event_loop, sock, reader)?;
+    Ok((future.unbind(), Some((fd, handle))))
+}
+
+/// asyncio's `_ensure_fd_no_transport(fd)`, which raises if a transport owns `fd`. The
+/// loop's `_transports` is a `WeakValueDictionary` keyed by descriptor: only a
+/// descriptor present in it (rare) needs asyncio's check, which raises and catches a
+/// `KeyError` for every other one.
+fn ensure_no_transport(event_loop: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
+    let py = event_loop.py();
+    let transports = event_loop.getattr(intern!(py, "_transports"))?;
+    let listed = match transports.getattr(intern!(py, "data")) {
+        Ok(entries) => entries.contains(fd)?,
+        Err(_) => true,
+    };
+    if listed {
+        event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+    }
+    Ok(())
+}
+
+/// The reader of a `sock_recv` waiting on a plain socket: on readiness, receives once
+/// and resolves the future (asyncio's `_sock_recv`, without allocating `nbytes`).
+#[pyclass(module = "ferroloop._ferroloop", frozen)]
+pub struct RecvWhenReadable {
+    future: Py<PyAny>,
+    sock: Py<PyAny>,
+    fd: RawFd,
+    nbytes: usize,
+}
+
+#[pymethods]
+impl RecvWhenReadable {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let future = self.future.bind(py);
+        if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        let sock = self.sock.bind(py);
+        // A socket closed while waiting no longer owns `fd` (the number may even belong
+        // to another socket by now): its own `recv` gives asyncio's error.
+        let outcome = if sock.call_method0(intern!(py, "fileno"))?.eq(self.fd)? {
+            recv_bytes(py, self.fd, self.nbytes).map_err(|err| {
+                if err.kind() == ErrorKind::WouldBlock {
+                    None
+                } else {
+                    Some(os_error(err))
+                }
+            })
+        } else {
+            sock.call_method1(intern!(py, "recv"), (self.nbytes,))
+                .map(Bound::unbind)
+                .map_err(|err| (!would_block(py, &err)).then_some(err))
+        };
+        match outcome {
+            Ok(data) => future.call_method1(intern!(py, "set_result"), (data,))?,
+            // Not readable after all (another reader got there first): wait again.
+            Err(None) => return Ok(()),
+            Err(Some(err)) => {
+                future.call_method1(intern!(py, "set_exception"), (err.value(py),))?
+            }
+        };
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.future)?;
+        visit.call(&self.sock)
     }
 }
 
@@ -204,14 +334,19 @@ impl SocketOperation {
         let progress = std::mem::replace(&mut slf.borrow_mut().progress, Progress::Finished);
         match progress {
             Progress::NotStarted => {
-                let waiter = Self::start(slf)?;
+                let (future, reader) = Self::start(slf)?;
                 // What `Future.__await__` does before yielding the future to its task.
-                waiter.setattr(py, intern!(py, "_asyncio_future_blocking"), true)?;
-                slf.borrow_mut().progress = Progress::Waiting(waiter.clone_ref(py));
-                Ok(waiter)
+                future.setattr(py, intern!(py, "_asyncio_future_blocking"), true)?;
+                let waiting = Progress::Waiting {
+                    future: future.clone_ref(py),
+                    reader,
+                };
+                slf.borrow_mut().progress = waiting;
+                Ok(future)
             }
-            Progress::Waiting(waiter) => {
-                let result = waiter.call_method0(py, intern!(py, "result"))?;
+            Progress::Waiting { future, reader } => {
+                Self::stop_reading(slf, reader)?;
+                let result = future.call_method0(py, intern!(py, "result"))?;
                 Err(stop_with(result))
             }
             Progress::Finished => Err(PyRuntimeError::new_err(
@@ -251,8 +386,9 @@ impl SocketOperation {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let progress = std::mem::replace(&mut slf.borrow_mut().progress, Progress::Finished);
-        if let Progress::Waiting(waiter) = progress {
-            waiter.call_method0(py, intern!(py, "cancel"))?;
+        if let Progress::Waiting { future, reader } = progress {
+            Self::stop_reading(slf, reader)?;
+            future.call_method0(py, intern!(py, "cancel"))?;
         }
         Ok(())
     }
@@ -288,8 +424,11 @@ impl SocketOperation {
         match &self.request {
             Request::Recv(arg) | Request::SendAll(arg) => visit.call(arg)?,
         }
-        if let Progress::Waiting(waiter) = &self.progress {
-            visit.call(waiter)?;
+        if let Progress::Waiting { future, reader } = &self.progress {
+            visit.call(future)?;
+            if let Some((_, handle)) = reader {
+                visit.call(handle)?;
+            }
         }
         Ok(())
     }
