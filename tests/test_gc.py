@@ -155,6 +155,20 @@ def test_cycle_through_unclosed_loop_is_collected(loop_factory, method):
     assert ref() is None
 
 
+def test_unclosed_loop_that_made_futures_and_tasks_is_collected(loop_factory):
+    """A loop keeps what it passes to every Future and Task it creates: that must not keep
+    a dropped, never-closed loop alive."""
+    lp = loop_factory()
+    lp.run_until_complete(lp.create_task(asyncio.sleep(0)))
+    lp.create_future().cancel()
+    ref = weakref.ref(lp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del lp
+        _collect()
+    assert ref() is None
+
+
 def test_loop_supports_weakrefs(loop_factory):
     """Loops are weak-referenceable and hashable (e.g. WeakKeyDictionary keyed by loop); a
     closed, unreferenced loop is freed."""

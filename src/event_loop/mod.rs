@@ -81,6 +81,8 @@ pub struct LoopCore {
     watch_signals: AtomicBool,
     /// `time.get_clock_info('monotonic').resolution`: timers due within it run now.
     clock_resolution: f64,
+    /// `{"loop": self}` while the loop is open (see [`LoopCore::loop_keyword`]).
+    loop_keyword: Mutex<Option<Py<PyDict>>>,
 }
 
 /// Releases the contents of the queues (loop close or GC clear), outside the locks.
@@ -231,6 +233,28 @@ impl LoopCore {
         })
     }
 
+    /// `{"loop": self}`, made once per loop: `asyncio.Future` and `asyncio.Task` take
+    /// their loop by keyword and, on 3.11, are called through `tp_call`, so passing the
+    /// keyword by name would build this dict anew for every future and task. It holds
+    /// the loop, so it is dropped at `close()` (and visited by the GC); `None` then,
+    /// and callers pass the keyword by name.
+    fn loop_keyword<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut cached = lock(&this.loop_keyword);
+        // The GC empties the dict when it clears a cycle through it.
+        if let Some(kwargs) = cached.as_ref().filter(|kwargs| kwargs.bind(py).len() == 1) {
+            return Ok(Some(kwargs.bind(py).clone()));
+        }
+        if this.is_closed() {
+            return Ok(None);
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        *cached = Some(kwargs.clone().unbind());
+        Ok(Some(kwargs))
+    }
+
     /// `_add_edge_reader(sock, callback)` for native callers (see `net::sock_op`).
     pub(crate) fn add_edge_reader(
         slf: &Bound<'_, Self>,
@@ -307,6 +331,7 @@ impl LoopCore {
             debug: AtomicBool::new(false),
             watch_signals: AtomicBool::new(false),
             clock_resolution: resolution.tv_sec as f64 + resolution.tv_nsec as f64 * 1e-9,
+            loop_keyword: Mutex::new(None),
         })
     }
 
@@ -377,7 +402,11 @@ impl LoopCore {
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         static KWNAMES: KwNames = KwNames::new(&["loop"]);
         let py = slf.py();
-        ffi::call_with_kwnames(FUTURE_TYPE.get(py)?, &[], KWNAMES.get(py)?, &[slf.as_any()])
+        let future_type = FUTURE_TYPE.get(py)?;
+        match Self::loop_keyword(slf)? {
+            Some(kwargs) => future_type.call((), Some(&kwargs)),
+            None => ffi::call_with_kwnames(future_type, &[], KWNAMES.get(py)?, &[slf.as_any()]),
+        }
     }
 
     /// Wraps `coro` in an `asyncio.Task` on this loop. Without a task factory and outside
@@ -410,6 +439,11 @@ impl LoopCore {
         }
         this.check_closed()?;
         let task_type = TASKS_MODULE.get(py)?.getattr(pyo3::intern!(py, "Task"))?;
+        if name.is_none() && context.is_none() {
+            if let Some(kwargs) = Self::loop_keyword(slf)? {
+                return task_type.call((coro,), Some(&kwargs));
+            }
+        }
         ffi::call_with_kwnames(
             &task_type,
             &[coro],
@@ -606,9 +640,10 @@ impl LoopCore {
             )
         };
         let io = lock(&self.io).take();
+        let loop_keyword = lock(&self.loop_keyword).take();
         // Outside the locks: dropping handles may run finalizers that call back in.
         release_all(py, ready, timers);
-        drop((fds, io));
+        drop((fds, io, loop_keyword));
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -620,6 +655,9 @@ impl LoopCore {
                 handle::visit_queued(&timer.0, &visit)?;
             }
             state.fds.traverse(&visit)?;
+        }
+        if let Ok(loop_keyword) = self.loop_keyword.try_lock() {
+            visit.call(&*loop_keyword)?;
         }
         Ok(())
     }
@@ -635,6 +673,7 @@ impl LoopCore {
                 state.fds.clear(poller),
             )
         };
-        drop((ready, timers, fds));
+        let loop_keyword = lock(&self.loop_keyword).take();
+        drop((ready, timers, fds, loop_keyword));
     }
 }
