@@ -387,6 +387,77 @@ def test_wait_for_timeout_on_recv_unregisters_and_loses_no_data(loop, pair):
     assert loop.run_until_complete(main()) == b"after the timeout"
 
 
+def test_recv_into_waits_and_fills_a_slice_of_the_buffer(loop, pair):
+    a, b = pair
+    buf = bytearray(b"." * 12)
+
+    async def main():
+        loop.call_later(0.005, b.send, b"abcdefgh")
+        n = await loop.sock_recv_into(a, memoryview(buf)[2:6])
+        m = await loop.sock_recv_into(a, buf)  # the rest was left in the socket
+        return n, m
+
+    assert loop.run_until_complete(main()) == (4, 4)
+    assert buf == bytearray(b"efghcd......")
+
+
+def test_recv_into_bad_buffers_raise_the_socket_errors(loop, pair):
+    """Whatever socket.recv_into refuses, sock_recv_into refuses with the same error."""
+    a, b = pair
+    released = memoryview(bytearray(4))
+    released.release()
+    bad = [b"immutable", memoryview(bytearray(8))[::2], released, "text", 42]
+
+    def error_of(call, *args):
+        try:
+            call(*args)
+        except Exception as exc:  # noqa: BLE001 - the error itself is the point
+            return type(exc), str(exc)
+        return None
+
+    async def main():
+        b.send(b"x" * 100)  # readable: the socket's own call gets past would-block
+        for buf in bad:
+            expected = error_of(a.recv_into, buf)
+            assert expected is not None
+            got = None
+            try:
+                await loop.sock_recv_into(a, buf)
+            except Exception as exc:  # noqa: BLE001
+                got = type(exc), str(exc)
+            assert got == expected, buf
+
+    loop.run_until_complete(main())
+
+
+def test_recv_into_a_buffer_released_while_waiting(loop, pair):
+    """The buffer goes away while the read waits: the error the socket gives for it."""
+    a, b = pair
+    view = memoryview(bytearray(16))
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv_into(a, view))
+        await asyncio.sleep(0.01)
+        view.release()
+        b.send(b"data")
+        with pytest.raises(TypeError, match="read-write bytes-like object"):
+            await asyncio.wait_for(task, 5)
+        return await loop.sock_recv(a, 100)  # nothing was consumed
+
+    assert loop.run_until_complete(main()) == b"data"
+
+
+def test_recv_into_an_empty_buffer(loop, pair):
+    a, b = pair
+
+    async def main():
+        b.send(b"kept")
+        n = await loop.sock_recv_into(a, bytearray())
+        return n, await loop.sock_recv(a, 100)
+
+    assert loop.run_until_complete(main()) == (0, b"kept")
+
+
 def test_descriptor_number_reused_by_a_new_socket(loop):
     """A socket that waited in sock_recv is closed; the next socket gets its descriptor
     number, and a wait on it still sees data (no stale registration)."""

@@ -151,12 +151,13 @@ class Loop(LoopCore, base_events.BaseEventLoop):
 
     # -- socket operations -----------------------------------------------------------------
 
-    # sock_recv and sock_sendall are native (LoopCore, src/net/sock_op.rs): they try the
-    # syscall directly and call these only when the socket would block, for the future
-    # to wait on. Reads wait through an edge reader: the socket's epoll registration is
-    # kept between operations instead of being added and deleted around every wait (see
-    # src/event_loop/fd_callbacks.rs). The rest of the sock_* family is asyncio's code as
-    # is (adopted below).
+    # sock_recv, sock_recv_into and sock_sendall are native (LoopCore,
+    # src/net/sock_op.rs): they try the syscall directly, and a plain socket's reads also
+    # wait natively. These are the waits of the other cases (socket subclasses, a
+    # sock_sendall that would block), for the future to wait on. Reads wait through an
+    # edge reader: the socket's epoll registration is kept between operations instead of
+    # being added and deleted around every wait (see src/event_loop/fd_callbacks.rs).
+    # The rest of the sock_* family is asyncio's code as is (adopted below).
 
     def _sock_read_wait(self, sock, on_readable, arg):
         # on_readable: asyncio's _sock_recv/_sock_recv_into, which retry the read on
@@ -176,17 +177,6 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         handle = self._add_writer(fd, self._sock_sendall, fut, sock, memoryview(data), [sent])
         fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
         return fut
-
-    async def sock_recv_into(self, sock, buf):
-        """Receive into ``buf`` from the non-blocking socket ``sock``; return the count."""
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._sock_read_wait(sock, self._sock_recv_into, buf)
 
     def _sock_edge_read_done(self, fd, fut, handle=None) -> None:
         if handle is None or not handle.cancelled():

@@ -523,6 +523,12 @@ impl LoopCore {
         SocketOperation::recv(slf.clone().unbind(), sock, nbytes)
     }
 
+    /// `sock_recv_into(sock, buf)`: receive into the writable buffer `buf` from the
+    /// non-blocking socket `sock`; the awaitable returns the count received.
+    fn sock_recv_into(slf: &Bound<'_, Self>, sock: Py<PyAny>, buf: Py<PyAny>) -> SocketOperation {
+        SocketOperation::recv_into(slf.clone().unbind(), sock, buf)
+    }
+
     /// `sock_sendall(sock, data)`: send all of `data` on the non-blocking socket
     /// `sock`. Returns an awaitable that behaves as asyncio's coroutine.
     fn sock_sendall(slf: &Bound<'_, Self>, sock: Py<PyAny>, data: Py<PyAny>) -> SocketOperation {

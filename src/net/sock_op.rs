@@ -1,4 +1,5 @@
-//! [`SocketOperation`]: what `loop.sock_recv()` and `loop.sock_sendall()` return.
+//! [`SocketOperation`]: what `loop.sock_recv()`, `loop.sock_recv_into()` and
+//! `loop.sock_sendall()` return.
 //!
 //! asyncio's versions are `async def` methods: every call creates a coroutine and a
 //! frame, and every `recv` that finds no data raises and catches a `BlockingIOError`.
@@ -9,10 +10,10 @@
 //! socket would block waits on a future, yielded to the task exactly as `await future`
 //! does, and returns the future's result.
 //!
-//! How it waits: a plain socket's `sock_recv` installs a [`RecvWhenReadable`] as the
-//! socket's edge reader, which reads into the loop's scratch buffer when the socket
-//! becomes readable and resolves the future; the operation removes that reader when it
-//! resumes or is abandoned. asyncio instead calls `sock.recv(nbytes)` on readiness,
+//! How it waits: a plain socket's `sock_recv`/`sock_recv_into` installs a
+//! [`RecvWhenReadable`] as the socket's edge reader, which reads (into the loop's scratch
+//! buffer, or the caller's) when the socket becomes readable and resolves the future;
+//! the operation removes that reader when it resumes or is abandoned. asyncio instead calls `sock.recv(nbytes)` on readiness,
 //! which allocates `nbytes` (often 256 KiB) and shrinks it for every message, and
 //! removes the reader from a done-callback: a second scheduled callback per wait. Every
 //! other case (socket subclasses, `sock_sendall` that would block) uses asyncio's own
@@ -39,6 +40,8 @@ use crate::transport::with_read_scratch;
 enum Request {
     /// `sock_recv(sock, nbytes)`.
     Recv(Py<PyAny>),
+    /// `sock_recv_into(sock, buf)`.
+    RecvInto(Py<PyAny>),
     /// `sock_sendall(sock, data)`.
     SendAll(Py<PyAny>),
 }
@@ -86,6 +89,15 @@ impl SocketOperation {
         }
     }
 
+    pub(crate) fn recv_into(event_loop: Py<LoopCore>, sock: Py<PyAny>, buf: Py<PyAny>) -> Self {
+        SocketOperation {
+            event_loop,
+            sock,
+            request: Request::RecvInto(buf),
+            progress: Progress::NotStarted,
+        }
+    }
+
     pub(crate) fn sendall(event_loop: Py<LoopCore>, sock: Py<PyAny>, data: Py<PyAny>) -> Self {
         SocketOperation {
             event_loop,
@@ -109,23 +121,24 @@ impl SocketOperation {
         Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
     }
 
-    fn try_recv(
+    /// One read: straight into `target` when the socket allows it, else through the
+    /// socket's own `recv`/`recv_into`.
+    fn try_read(
         py: Python<'_>,
         sock: &Bound<'_, PyAny>,
-        nbytes: &Bound<'_, PyAny>,
-        direct: Option<(RawFd, usize)>,
+        target: &ReadTarget,
+        fd: Option<RawFd>,
     ) -> PyResult<Attempt> {
-        if let Some((fd, n)) = direct {
-            return match recv_bytes(py, fd, n) {
-                Ok(data) => Ok(Attempt::Complete(data)),
-                Err(err) if err.kind() == ErrorKind::WouldBlock => Ok(Attempt::WouldBlock(0)),
-                Err(err) => Err(os_error(err)),
-            };
-        }
-        match sock.call_method1(intern!(py, "recv"), (nbytes,)) {
-            Ok(data) => Ok(Attempt::Complete(data.unbind())),
-            Err(err) if would_block(py, &err) => Ok(Attempt::WouldBlock(0)),
-            Err(err) => Err(err),
+        let outcome = match fd.and_then(|fd| target.read_direct(py, fd)) {
+            Some(direct) => {
+                direct.map_err(|err| (err.kind() != ErrorKind::WouldBlock).then(|| os_error(err)))
+            }
+            None => target.read_through(sock),
+        };
+        match outcome {
+            Ok(value) => Ok(Attempt::Complete(value)),
+            Err(None) => Ok(Attempt::WouldBlock(0)),
+            Err(Some(err)) => Err(err),
         }
     }
 
@@ -176,23 +189,28 @@ impl SocketOperation {
         }
         let fd = Self::direct_fd(py, &sock)?;
         // Taken out of the object: no borrow is held while Python code runs.
-        let (receiving, arg) = match &slf.borrow().request {
-            Request::Recv(nbytes) => (true, nbytes.bind(py).clone()),
-            Request::SendAll(data) => (false, data.bind(py).clone()),
+        let (target, data) = match &slf.borrow().request {
+            Request::Recv(nbytes) => (Some(ReadTarget::of_nbytes(nbytes.bind(py))), None),
+            Request::RecvInto(buf) => (Some(ReadTarget::Buffer(buf.clone_ref(py))), None),
+            Request::SendAll(data) => (None, Some(data.bind(py).clone())),
         };
-        if receiving {
-            let direct = fd.zip(arg.extract::<usize>().ok());
-            if let Attempt::Complete(value) = Self::try_recv(py, &sock, &arg, direct)? {
+        if let Some(target) = target {
+            if let Attempt::Complete(value) = Self::try_read(py, &sock, &target, fd)? {
                 return Err(stop_with(value));
             }
-            if let Some((fd, nbytes)) = direct {
-                return wait_readable(&event_loop, &sock, fd, nbytes);
+            if let (Some(fd), true) = (fd, target.is_direct()) {
+                return wait_readable(&event_loop, &sock, fd, target);
             }
-            let on_readable = event_loop.getattr(intern!(py, "_sock_recv"))?;
+            let (on_readable, arg) = match target {
+                ReadTarget::Bytes(_, nbytes) => (intern!(py, "_sock_recv"), nbytes),
+                ReadTarget::Buffer(buf) => (intern!(py, "_sock_recv_into"), buf),
+            };
+            let on_readable = event_loop.getattr(on_readable)?;
             let waiter = event_loop
-                .call_method1(intern!(py, "_sock_read_wait"), (&sock, on_readable, &arg))?;
+                .call_method1(intern!(py, "_sock_read_wait"), (&sock, on_readable, arg))?;
             return Ok((waiter.unbind(), None));
         }
+        let arg = data.expect("a send has data");
         let sent = match Self::try_sendall(py, &sock, &arg, fd)? {
             Attempt::Complete(value) => return Err(stop_with(value)),
             Attempt::WouldBlock(sent) => sent,
@@ -217,15 +235,61 @@ impl SocketOperation {
 /// A native edge reader installed on a descriptor, and its handle.
 type EdgeReader = (RawFd, Py<Handle>);
 
-/// Receives up to `nbytes` from `fd` into the thread's scratch buffer, then copies what
-/// arrived into a `bytes`. `recv(n)` may return fewer bytes than `n`, so reading at most
-/// a scratch buffer's worth is what a recv of `n` can do anyway.
-fn recv_bytes(py: Python<'_>, fd: RawFd, nbytes: usize) -> std::io::Result<Py<PyAny>> {
-    with_read_scratch(|scratch| {
-        let len = nbytes.min(scratch.len());
-        stream_io::recv(fd, &mut scratch[..len])
-            .map(|got| PyBytes::new(py, &scratch[..got]).into_any().unbind())
-    })
+/// Where a read lands, and what it returns.
+enum ReadTarget {
+    /// `sock_recv`: a new `bytes` of at most this many bytes (`None`: `nbytes` is not a
+    /// non-negative int, so the socket's own `recv` must judge it), and the original
+    /// argument.
+    Bytes(Option<usize>, Py<PyAny>),
+    /// `sock_recv_into`: the caller's writable buffer; returns the count.
+    Buffer(Py<PyAny>),
+}
+
+impl ReadTarget {
+    fn of_nbytes(nbytes: &Bound<'_, PyAny>) -> Self {
+        ReadTarget::Bytes(nbytes.extract::<usize>().ok(), nbytes.clone().unbind())
+    }
+
+    /// Whether reads may bypass the socket's methods (given a plain socket).
+    fn is_direct(&self) -> bool {
+        !matches!(self, ReadTarget::Bytes(None, _))
+    }
+
+    /// Reads once from `fd`; `None` if this target cannot be read into directly (the
+    /// socket's own method then gives the exact error asyncio would).
+    fn read_direct(&self, py: Python<'_>, fd: RawFd) -> Option<std::io::Result<Py<PyAny>>> {
+        match self {
+            // `recv(n)` may return fewer bytes than `n`, so reading at most a scratch
+            // buffer's worth is what a recv of `n` can do anyway.
+            ReadTarget::Bytes(Some(nbytes), _) => Some(with_read_scratch(|scratch| {
+                let len = (*nbytes).min(scratch.len());
+                stream_io::recv(fd, &mut scratch[..len])
+                    .map(|got| PyBytes::new(py, &scratch[..got]).into_any().unbind())
+            })),
+            ReadTarget::Bytes(None, _) => None,
+            ReadTarget::Buffer(buf) => {
+                let received =
+                    ffi::with_bytes_mut(buf.bind(py), |memory| stream_io::recv(fd, memory));
+                let count = |n: usize| {
+                    let Ok(n) = n.into_pyobject(py);
+                    n.into_any().unbind()
+                };
+                received.ok().map(|outcome| outcome.map(count))
+            }
+        }
+    }
+
+    /// Reads once through the socket's `recv`/`recv_into`: `Err(None)` if it would block.
+    fn read_through(&self, sock: &Bound<'_, PyAny>) -> Result<Py<PyAny>, Option<PyErr>> {
+        let py = sock.py();
+        let result = match self {
+            ReadTarget::Bytes(_, nbytes) => sock.call_method1(intern!(py, "recv"), (nbytes,)),
+            ReadTarget::Buffer(buf) => sock.call_method1(intern!(py, "recv_into"), (buf,)),
+        };
+        result
+            .map(Bound::unbind)
+            .map_err(|err| (!would_block(py, &err)).then_some(err))
+    }
 }
 
 /// `sock_recv` on a plain socket that would block: asyncio's `_sock_read_wait` with a
@@ -234,7 +298,7 @@ fn wait_readable(
     event_loop: &Bound<'_, LoopCore>,
     sock: &Bound<'_, PyAny>,
     fd: RawFd,
-    nbytes: usize,
+    target: ReadTarget,
 ) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
     let py = event_loop.py();
     let future = event_loop.call_method0(intern!(py, "create_future"))?;
@@ -243,7 +307,7 @@ fn wait_readable(
         future: future.clone().unbind(),
         sock: sock.clone().unbind(),
         fd,
-        nbytes,
+        target,
     };
     let reader = Bound::new(py, reader)?.into_any();
     let handle = LoopCore::add_edge_reader(event_loop, sock, reader)?;
@@ -267,14 +331,15 @@ fn ensure_no_transport(event_loop: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<
     Ok(())
 }
 
-/// The reader of a `sock_recv` waiting on a plain socket: on readiness, receives once
-/// and resolves the future (asyncio's `_sock_recv`, without allocating `nbytes`).
+/// The reader of a `sock_recv`/`sock_recv_into` waiting on a plain socket: on
+/// readiness, receives once and resolves the future (asyncio's `_sock_recv` and
+/// `_sock_recv_into`; `sock_recv` without allocating `nbytes`).
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct RecvWhenReadable {
     future: Py<PyAny>,
     sock: Py<PyAny>,
     fd: RawFd,
-    nbytes: usize,
+    target: ReadTarget,
 }
 
 #[pymethods]
@@ -287,18 +352,15 @@ impl RecvWhenReadable {
         let sock = self.sock.bind(py);
         // A socket closed while waiting no longer owns `fd` (the number may even belong
         // to another socket by now): its own `recv` gives asyncio's error.
-        let outcome = if sock.call_method0(intern!(py, "fileno"))?.eq(self.fd)? {
-            recv_bytes(py, self.fd, self.nbytes).map_err(|err| {
-                if err.kind() == ErrorKind::WouldBlock {
-                    None
-                } else {
-                    Some(os_error(err))
-                }
-            })
-        } else {
-            sock.call_method1(intern!(py, "recv"), (self.nbytes,))
-                .map(Bound::unbind)
-                .map_err(|err| (!would_block(py, &err)).then_some(err))
+        let still_ours = sock.call_method0(intern!(py, "fileno"))?.eq(self.fd)?;
+        let direct = still_ours
+            .then(|| self.target.read_direct(py, self.fd))
+            .flatten();
+        let outcome = match direct {
+            Some(direct) => {
+                direct.map_err(|err| (err.kind() != ErrorKind::WouldBlock).then(|| os_error(err)))
+            }
+            None => self.target.read_through(sock),
         };
         match outcome {
             Ok(data) => future.call_method1(intern!(py, "set_result"), (data,))?,
@@ -313,7 +375,10 @@ impl RecvWhenReadable {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.future)?;
-        visit.call(&self.sock)
+        visit.call(&self.sock)?;
+        match &self.target {
+            ReadTarget::Bytes(_, arg) | ReadTarget::Buffer(arg) => visit.call(arg),
+        }
     }
 }
 
@@ -406,6 +471,7 @@ impl SocketOperation {
     fn __qualname__(&self) -> &'static str {
         match self.request {
             Request::Recv(_) => "Loop.sock_recv",
+            Request::RecvInto(_) => "Loop.sock_recv_into",
             Request::SendAll(_) => "Loop.sock_sendall",
         }
     }
@@ -414,6 +480,7 @@ impl SocketOperation {
     fn __name__(&self) -> &'static str {
         match self.request {
             Request::Recv(_) => "sock_recv",
+            Request::RecvInto(_) => "sock_recv_into",
             Request::SendAll(_) => "sock_sendall",
         }
     }
@@ -422,7 +489,9 @@ impl SocketOperation {
         visit.call(&self.event_loop)?;
         visit.call(&self.sock)?;
         match &self.request {
-            Request::Recv(arg) | Request::SendAll(arg) => visit.call(arg)?,
+            Request::Recv(arg) | Request::RecvInto(arg) | Request::SendAll(arg) => {
+                visit.call(arg)?
+            }
         }
         if let Progress::Waiting { future, reader } = &self.progress {
             visit.call(future)?;
