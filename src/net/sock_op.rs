@@ -121,21 +121,13 @@ impl SocketOperation {
         Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
     }
 
-    /// One read: straight into `target` when the socket allows it, else through the
-    /// socket's own `recv`/`recv_into`.
+    /// One read of `target`; see [`ReadTarget::read_once`].
     fn try_read(
-        py: Python<'_>,
         sock: &Bound<'_, PyAny>,
         target: &ReadTarget,
         fd: Option<RawFd>,
     ) -> PyResult<Attempt> {
-        let outcome = match fd.and_then(|fd| target.read_direct(py, fd)) {
-            Some(direct) => {
-                direct.map_err(|err| (err.kind() != ErrorKind::WouldBlock).then(|| os_error(err)))
-            }
-            None => target.read_through(sock),
-        };
-        match outcome {
+        match target.read_once(sock, fd) {
             Ok(value) => Ok(Attempt::Complete(value)),
             Err(None) => Ok(Attempt::WouldBlock(0)),
             Err(Some(err)) => Err(err),
@@ -195,7 +187,7 @@ impl SocketOperation {
             Request::SendAll(data) => (None, Some(data.bind(py).clone())),
         };
         if let Some(target) = target {
-            if let Attempt::Complete(value) = Self::try_read(py, &sock, &target, fd)? {
+            if let Attempt::Complete(value) = Self::try_read(&sock, &target, fd)? {
                 return Err(stop_with(value));
             }
             if let (Some(fd), true) = (fd, target.is_direct()) {
@@ -279,9 +271,19 @@ impl ReadTarget {
         }
     }
 
-    /// Reads once through the socket's `recv`/`recv_into`: `Err(None)` if it would block.
-    fn read_through(&self, sock: &Bound<'_, PyAny>) -> Result<Py<PyAny>, Option<PyErr>> {
+    /// Reads once: straight from `fd` (the socket's descriptor, when it may be used
+    /// directly), else through the socket's own `recv`/`recv_into`. `Err(None)` if it
+    /// would block.
+    fn read_once(
+        &self,
+        sock: &Bound<'_, PyAny>,
+        fd: Option<RawFd>,
+    ) -> Result<Py<PyAny>, Option<PyErr>> {
         let py = sock.py();
+        if let Some(direct) = fd.and_then(|fd| self.read_direct(py, fd)) {
+            return direct
+                .map_err(|err| (err.kind() != ErrorKind::WouldBlock).then(|| os_error(err)));
+        }
         let result = match self {
             ReadTarget::Bytes(_, nbytes) => sock.call_method1(intern!(py, "recv"), (nbytes,)),
             ReadTarget::Buffer(buf) => sock.call_method1(intern!(py, "recv_into"), (buf,)),
@@ -292,7 +294,7 @@ impl ReadTarget {
     }
 }
 
-/// `sock_recv` on a plain socket that would block: asyncio's `_sock_read_wait` with a
+/// A read on a plain socket that would block: asyncio's `_sock_read_wait` with a
 /// [`RecvWhenReadable`] as the reader.
 fn wait_readable(
     event_loop: &Bound<'_, LoopCore>,
@@ -353,15 +355,7 @@ impl RecvWhenReadable {
         // A socket closed while waiting no longer owns `fd` (the number may even belong
         // to another socket by now): its own `recv` gives asyncio's error.
         let still_ours = sock.call_method0(intern!(py, "fileno"))?.eq(self.fd)?;
-        let direct = still_ours
-            .then(|| self.target.read_direct(py, self.fd))
-            .flatten();
-        let outcome = match direct {
-            Some(direct) => {
-                direct.map_err(|err| (err.kind() != ErrorKind::WouldBlock).then(|| os_error(err)))
-            }
-            None => self.target.read_through(sock),
-        };
+        let outcome = self.target.read_once(sock, still_ours.then_some(self.fd));
         match outcome {
             Ok(data) => future.call_method1(intern!(py, "set_result"), (data,))?,
             // Not readable after all (another reader got there first): wait again.
