@@ -536,6 +536,63 @@ def test_add_reader_on_a_socket_used_by_sock_recv(loop, pair):
     assert loop.run_until_complete(main()) == b"after"
 
 
+def test_add_reader_replaces_the_reader_of_a_waiting_sock_recv(loop, pair):
+    """A descriptor has one reader: add_reader while sock_recv waits replaces the
+    operation's reader, which then never completes (stock asyncio's selector key)."""
+    a, b = pair
+
+    async def main():
+        waiting = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        fired = asyncio.Event()
+        loop.add_reader(a, fired.set)
+        b.send(b"data")
+        await asyncio.wait_for(fired.wait(), 5)
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        assert loop.remove_reader(a) is True
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return await loop.sock_recv(a, 100)  # the reader callback did not read it
+
+    assert loop.run_until_complete(main()) == b"data"
+
+
+def test_sock_recv_replaces_an_add_reader_callback(loop, pair):
+    """sock_recv waiting on a descriptor with an add_reader callback replaces it: the
+    callback never runs, and nothing is left to remove afterwards."""
+    a, b = pair
+
+    async def main():
+        calls = []
+        loop.add_reader(a, calls.append, "called")
+        loop.call_later(0.01, b.send, b"data")
+        got = await loop.sock_recv(a, 100)
+        await asyncio.sleep(0.01)
+        return got, calls, loop.remove_reader(a)
+
+    assert loop.run_until_complete(main()) == (b"data", [], False)
+
+
+def test_remove_reader_removes_a_waiting_sock_recv_reader(loop, pair):
+    a, b = pair
+
+    async def main():
+        waiting = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        assert loop.remove_reader(a) is True
+        b.send(b"data")
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # nothing watches the socket for it any more
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return await loop.sock_recv(a, 100)
+
+    assert loop.run_until_complete(main()) == b"data"
+
+
 def test_cancelled_wait_is_unregistered_as_seen_by_the_selector(loop, pair):
     """After a cancelled sock_recv nothing watches the socket (what stock's selector
     says, and what transports' repr() shows)."""

@@ -6,8 +6,9 @@
 //! the same lookup rules: an `int` or anything with `fileno()`, and a closed file object
 //! (whose `fileno()` is -1) is still found by identity, so it can be unregistered.
 //!
-//! Socket operations (`sock_recv`, `sock_recv_into`) use a third kind of callback, the
-//! *edge reader*. asyncio registers and unregisters the descriptor around every wait
+//! Socket operations (`sock_recv`, `sock_recv_into`) read through the other kind of
+//! reader, the *edge reader*. A descriptor has one reader of either kind, as asyncio's
+//! selector key has one: installing either replaces (and cancels) the other. asyncio registers and unregisters the descriptor around every wait
 //! (two `epoll_ctl` calls per `sock_recv` that has to wait); here the registration is
 //! kept, edge-triggered, between operations on the same socket, so a wait costs no
 //! `epoll_ctl` at all. That is sound because every socket operation tries its syscall
@@ -37,8 +38,9 @@ struct FdEntry {
     fileobj: Option<Py<PyAny>>,
     reader: Option<Py<Handle>>,
     writer: Option<Py<Handle>>,
-    /// A socket operation's reader: queued on every readiness report, edge-triggered
-    /// while no level-triggered callback shares the descriptor.
+    /// A socket operation's reader (never set together with `reader`): queued on every
+    /// readiness report, edge-triggered while no level-triggered callback shares the
+    /// descriptor.
     edge_reader: Option<Py<Handle>>,
     /// The socket the registration is kept for between socket operations (weakly).
     kept_for: Option<Py<PyWeakrefReference>>,
@@ -86,6 +88,46 @@ pub(crate) enum Slot {
     Reader,
     EdgeReader,
     Writer,
+}
+
+impl Slot {
+    /// The slot that installing into this one empties: the two kinds of reader are one
+    /// reader as far as programs can tell.
+    fn rival(self) -> Option<Slot> {
+        match self {
+            Slot::Reader => Some(Slot::EdgeReader),
+            Slot::EdgeReader => Some(Slot::Reader),
+            Slot::Writer => None,
+        }
+    }
+}
+
+/// A callback taken out of `entry`'s `slot` (by a replacement), kept to put it back if
+/// the replacement fails.
+type Taken = Option<(Slot, Py<Handle>)>;
+
+impl FdEntry {
+    /// Empties the slot that installing into `slot` displaces (see [`Slot::rival`]).
+    fn take_rival(&mut self, slot: Slot) -> Taken {
+        let rival = slot.rival()?;
+        self.slot(rival).take().map(|handle| (rival, handle))
+    }
+
+    /// Undoes [`FdEntry::take_rival`].
+    fn restore(&mut self, taken: Taken) {
+        if let Some((slot, handle)) = taken {
+            *self.slot(slot) = Some(handle);
+        }
+    }
+}
+
+/// The callback a replacement displaced: the one in the slot itself, or its rival.
+fn displaced(previous: Option<Py<Handle>>, rival: Taken) -> Option<Py<Handle>> {
+    debug_assert!(
+        previous.is_none() || rival.is_none(),
+        "one reader per descriptor"
+    );
+    previous.or(rival.map(|(_, handle)| handle))
 }
 
 /// What an update leaves for the caller to release outside the loop's lock: the callback
@@ -172,16 +214,18 @@ impl FdCallbacks {
         let fileobj = fileobj.clone().unbind();
         match self.entries.get_mut(&fd) {
             Some(entry) => {
+                let rival = entry.take_rival(slot);
                 let previous = entry.slot(slot).replace(handle);
                 let old_fileobj = entry.fileobj.replace(fileobj);
                 let interest = entry.interest(py).expect("a callback is installed");
                 if let Err(err) = poller.reregister(borrowed(fd), token, interest) {
                     let added = std::mem::replace(entry.slot(slot), previous);
+                    entry.restore(rival);
                     entry.fileobj = old_fileobj;
                     drop(added);
                     return Err(os_error(err));
                 }
-                Ok((previous, old_fileobj))
+                Ok((displaced(previous, rival), old_fileobj))
             }
             None => {
                 let mut entry = FdEntry {
@@ -228,6 +272,7 @@ impl FdCallbacks {
         };
         let registered_for_sock = entry.kept_socket(py).is_some_and(|kept| kept.is(sock));
         let before = entry.interest(py);
+        let rival = entry.take_rival(Slot::EdgeReader);
         let previous = entry.edge_reader.replace(handle);
         let replaced_owner = if registered_for_sock {
             None
@@ -241,11 +286,12 @@ impl FdCallbacks {
             let interest = after.expect("a reader is installed");
             if let Err(err) = poller.reregister(borrowed(fd), token, interest) {
                 let added = std::mem::replace(&mut entry.edge_reader, previous);
+                entry.restore(rival);
                 drop(added);
                 return Err(os_error(err));
             }
         }
-        Ok((previous, replaced_owner.map(Py::into_any)))
+        Ok((displaced(previous, rival), replaced_owner.map(Py::into_any)))
     }
 
     /// Registers a new entry's descriptor with epoll, then records the entry.
@@ -310,7 +356,13 @@ impl FdCallbacks {
             return (None, None);
         };
         let before = entry.interest(py);
-        let removed = entry.slot(slot).take();
+        // `remove_reader` removes the descriptor's reader whatever its kind, as asyncio
+        // does when a socket operation installed it; a socket operation removes only
+        // its own (it checks its handle is still installed first).
+        let removed = match slot {
+            Slot::Reader => entry.reader.take().or_else(|| entry.edge_reader.take()),
+            Slot::EdgeReader | Slot::Writer => entry.slot(slot).take(),
+        };
         if removed.is_none() {
             return (None, None);
         }
