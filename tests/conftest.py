@@ -11,6 +11,8 @@ the environment variable ``FERROLOOP_ALLOW_MISSING=1`` is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import os
 import subprocess
 import sys
@@ -36,6 +38,74 @@ def run_bounded(loop, coro, timeout: float = IO_TEST_TIMEOUT):
             return await coro
 
     return loop.run_until_complete(bounded())
+
+
+def run_on(loop_factory, coro_fn, *args, timeout: float):
+    """Run ``coro_fn(*args)`` in ``asyncio.Runner`` on a new loop from ``loop_factory``,
+    failing it after ``timeout`` seconds."""
+
+    async def main():
+        async with asyncio.timeout(timeout):
+            return await coro_fn(*args)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+@pytest.fixture
+def watchdog(request):
+    """Last resort for a test that wedges the loop itself (so that no asyncio timeout can
+    fire): after the test module's ``WATCHDOG_TIMEOUT`` seconds, end the process with
+    every thread's traceback instead of blocking CI."""
+    faulthandler.dump_traceback_later(request.module.WATCHDOG_TIMEOUT, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def loop_module() -> str:
+    """The module of the running loop's class."""
+    return type(asyncio.get_running_loop()).__module__
+
+
+def check_loop(kind: str) -> None:
+    """Assert that the running loop is of the kind under test."""
+    loop = asyncio.get_running_loop()
+    module = type(loop).__module__
+    if kind == "ferroloop":
+        assert module.startswith("ferroloop"), module
+        assert isinstance(loop, import_ferroloop().Loop)
+    else:
+        assert kind == "asyncio"
+        assert type(loop) is asyncio.SelectorEventLoop, type(loop)
+        assert module.startswith("asyncio."), module
+
+
+def check_module(kind: str, module: str) -> None:
+    """Assert that a loop module name recorded by a server belongs to ``kind``."""
+    if kind == "ferroloop":
+        assert module.startswith("ferroloop"), module
+    else:
+        assert module.startswith("asyncio."), module
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_server(app, shutdown_timeout: float):
+    """Serve the aiohttp ``app`` with AppRunner/TCPSite on 127.0.0.1, an ephemeral port, on
+    the running loop; yield the base URL."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        assert host == "127.0.0.1"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def _allow_missing() -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import hashlib
 import http.client
 import json
@@ -30,10 +29,18 @@ import threading
 import time
 
 import aiohttp
+import conftest
 import pytest
 import uvicorn
 from aiohttp import WSMsgType, web
-from conftest import SUBPROCESS_TIMEOUT, child_env, import_ferroloop
+from conftest import (
+    SUBPROCESS_TIMEOUT,
+    check_loop,
+    check_module,
+    child_env,
+    import_ferroloop,
+    loop_module,
+)
 from websockets.sync.client import connect as ws_sync_connect
 
 # Upper bound for one test's asynchronous part (a hang must fail, not block CI).
@@ -47,49 +54,12 @@ SHUTDOWN_TIMEOUT = 10.0
 WATCHDOG_TIMEOUT = 180.0
 
 
-@pytest.fixture(autouse=True)
-def watchdog():
-    faulthandler.dump_traceback_later(WATCHDOG_TIMEOUT, exit=True)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
+pytestmark = pytest.mark.usefixtures("watchdog")
 
 
 def run_on(loop_factory, coro_fn, *args):
     """Run ``coro_fn(*args)`` on a new loop from ``loop_factory``, bounded by ASYNC_TIMEOUT."""
-
-    async def main():
-        async with asyncio.timeout(ASYNC_TIMEOUT):
-            return await coro_fn(*args)
-
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main())
-
-
-def loop_module() -> str:
-    return type(asyncio.get_running_loop()).__module__
-
-
-def check_loop(kind: str) -> None:
-    """Assert that the running loop is of the kind under test."""
-    loop = asyncio.get_running_loop()
-    module = type(loop).__module__
-    if kind == "ferroloop":
-        assert module.startswith("ferroloop"), module
-        assert isinstance(loop, import_ferroloop().Loop)
-    else:
-        assert kind == "asyncio"
-        assert type(loop) is asyncio.SelectorEventLoop, type(loop)
-        assert module.startswith("asyncio."), module
-
-
-def check_module(kind: str, module: str) -> None:
-    """Assert that a loop module name reported by a server belongs to ``kind``."""
-    if kind == "ferroloop":
-        assert module.startswith("ferroloop"), module
-    else:
-        assert module.startswith("asyncio."), module
+    return conftest.run_on(loop_factory, coro_fn, *args, timeout=ASYNC_TIMEOUT)
 
 
 # --------------------------------------------------------------------------------------
@@ -97,19 +67,9 @@ def check_module(kind: str, module: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def aiohttp_server(app: web.Application):
-    """Serve ``app`` with AppRunner/TCPSite on 127.0.0.1, an ephemeral port; yield the base URL."""
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        assert host == "127.0.0.1"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+def aiohttp_server(app: web.Application):
+    """``conftest.aiohttp_server`` with this module's shutdown timeout."""
+    return conftest.aiohttp_server(app, SHUTDOWN_TIMEOUT)
 
 
 BIG = bytes(range(256)) * 4096  # 1 MiB: more than one socket buffer, exercises flow control
