@@ -8,14 +8,15 @@
 //!
 //! Socket operations (`sock_recv`, `sock_recv_into`) read through the other kind of
 //! reader, the *edge reader*. A descriptor has one reader of either kind, as asyncio's
-//! selector key has one: installing either replaces (and cancels) the other. asyncio registers and unregisters the descriptor around every wait
-//! (two `epoll_ctl` calls per `sock_recv` that has to wait); here the registration is
-//! kept, edge-triggered, between operations on the same socket, so a wait costs no
-//! `epoll_ctl` at all. That is sound because every socket operation tries its syscall
-//! before waiting: it only waits after `EAGAIN`, and any data that arrives after an
-//! `EAGAIN` is an edge. A kept registration holds only a weak reference to its socket;
-//! if the descriptor number later belongs to another socket, the registration is
-//! renewed (the kernel dropped the old one when the old socket closed).
+//! selector key has one: installing either replaces (and cancels) the other. asyncio
+//! registers and unregisters the descriptor around every wait (two `epoll_ctl` calls per
+//! `sock_recv` that has to wait); here the registration is kept, edge-triggered, between
+//! operations on the same socket, so a wait costs no `epoll_ctl` at all. That is sound
+//! because every socket operation tries its syscall before waiting: it only waits after
+//! `EAGAIN`, and any data that arrives after an `EAGAIN` is an edge. A kept registration
+//! holds only a weak reference to its socket; if the descriptor number later belongs to
+//! another socket, the registration is renewed (the kernel dropped the old one when the
+//! old socket closed).
 
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, RawFd};

@@ -13,11 +13,12 @@
 //! How it waits: a plain socket's `sock_recv`/`sock_recv_into` installs a
 //! [`RecvWhenReadable`] as the socket's edge reader, which reads (into the loop's scratch
 //! buffer, or the caller's) when the socket becomes readable and resolves the future;
-//! the operation removes that reader when it resumes or is abandoned. asyncio instead calls `sock.recv(nbytes)` on readiness,
-//! which allocates `nbytes` (often 256 KiB) and shrinks it for every message, and
-//! removes the reader from a done-callback: a second scheduled callback per wait. Every
-//! other case (socket subclasses, `sock_sendall` that would block) uses asyncio's own
-//! waiting code in Python (`_sock_read_wait` / `_sock_sendall_wait`).
+//! the operation removes that reader when it resumes or is abandoned. asyncio instead
+//! calls `sock.recv(nbytes)` on readiness, which allocates `nbytes` (often 256 KiB) and
+//! shrinks it for every message, and removes the reader from a done-callback: a second
+//! scheduled callback per wait. Every other case (socket subclasses, `sock_sendall` that
+//! would block) uses asyncio's own waiting code in Python (`_sock_read_wait` /
+//! `_sock_sendall_wait`).
 
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
@@ -46,6 +47,16 @@ enum Request {
     SendAll(Py<PyAny>),
 }
 
+impl Request {
+    fn clone_ref(&self, py: Python<'_>) -> Request {
+        match self {
+            Request::Recv(nbytes) => Request::Recv(nbytes.clone_ref(py)),
+            Request::RecvInto(buf) => Request::RecvInto(buf.clone_ref(py)),
+            Request::SendAll(data) => Request::SendAll(data.clone_ref(py)),
+        }
+    }
+}
+
 /// Where the operation is.
 enum Progress {
     NotStarted,
@@ -53,12 +64,12 @@ enum Progress {
     /// this operation installed on descriptor `.0`, if it waits that way.
     Waiting {
         future: Py<PyAny>,
-        reader: Option<(RawFd, Py<Handle>)>,
+        reader: Option<EdgeReader>,
     },
     Finished,
 }
 
-/// What trying the syscall gave.
+/// What trying `sock_sendall`'s syscall gave.
 enum Attempt {
     Complete(Py<PyAny>),
     /// Would block; for `sock_sendall`, how many bytes went out already.
@@ -121,19 +132,6 @@ impl SocketOperation {
         Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
     }
 
-    /// One read of `target`; see [`ReadTarget::read_once`].
-    fn try_read(
-        sock: &Bound<'_, PyAny>,
-        target: &ReadTarget,
-        fd: Option<RawFd>,
-    ) -> PyResult<Attempt> {
-        match target.read_once(sock, fd) {
-            Ok(value) => Ok(Attempt::Complete(value)),
-            Err(None) => Ok(Attempt::WouldBlock(0)),
-            Err(Some(err)) => Err(err),
-        }
-    }
-
     fn try_sendall(
         py: Python<'_>,
         sock: &Bound<'_, PyAny>,
@@ -181,34 +179,61 @@ impl SocketOperation {
         }
         let fd = Self::direct_fd(py, &sock)?;
         // Taken out of the object: no borrow is held while Python code runs.
-        let (target, data) = match &slf.borrow().request {
-            Request::Recv(nbytes) => (Some(ReadTarget::of_nbytes(nbytes.bind(py))), None),
-            Request::RecvInto(buf) => (Some(ReadTarget::Buffer(buf.clone_ref(py))), None),
-            Request::SendAll(data) => (None, Some(data.bind(py).clone())),
-        };
-        if let Some(target) = target {
-            if let Attempt::Complete(value) = Self::try_read(&sock, &target, fd)? {
-                return Err(stop_with(value));
+        let request = slf.borrow().request.clone_ref(py);
+        match request {
+            Request::Recv(nbytes) => {
+                let target = ReadTarget::of_nbytes(nbytes.bind(py));
+                Self::start_read(&event_loop, &sock, fd, target)
             }
-            if let (Some(fd), true) = (fd, target.is_direct()) {
-                return wait_readable(&event_loop, &sock, fd, target);
+            Request::RecvInto(buf) => {
+                Self::start_read(&event_loop, &sock, fd, ReadTarget::Buffer(buf))
             }
-            let (on_readable, arg) = match target {
-                ReadTarget::Bytes(_, nbytes) => (intern!(py, "_sock_recv"), nbytes),
-                ReadTarget::Buffer(buf) => (intern!(py, "_sock_recv_into"), buf),
-            };
-            let on_readable = event_loop.getattr(on_readable)?;
-            let waiter = event_loop
-                .call_method1(intern!(py, "_sock_read_wait"), (&sock, on_readable, arg))?;
-            return Ok((waiter.unbind(), None));
+            Request::SendAll(data) => Self::start_sendall(&event_loop, &sock, fd, data.bind(py)),
         }
-        let arg = data.expect("a send has data");
-        let sent = match Self::try_sendall(py, &sock, &arg, fd)? {
+    }
+
+    /// `sock_recv`/`sock_recv_into` after the checks: the read, then the wait (native
+    /// for a plain socket) if it would block.
+    fn start_read(
+        event_loop: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        fd: Option<RawFd>,
+        target: ReadTarget,
+    ) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
+        let py = event_loop.py();
+        match target.read_once(sock, fd) {
+            Ok(value) => return Err(stop_with(value)),
+            Err(Some(err)) => return Err(err),
+            Err(None) => {}
+        }
+        if let (Some(fd), true) = (fd, target.is_direct()) {
+            return wait_readable(event_loop, sock, fd, target);
+        }
+        let (on_readable, arg) = match target {
+            ReadTarget::Bytes(_, nbytes) => (intern!(py, "_sock_recv"), nbytes),
+            ReadTarget::Buffer(buf) => (intern!(py, "_sock_recv_into"), buf),
+        };
+        let on_readable = event_loop.getattr(on_readable)?;
+        let waiter =
+            event_loop.call_method1(intern!(py, "_sock_read_wait"), (sock, on_readable, arg))?;
+        Ok((waiter.unbind(), None))
+    }
+
+    /// `sock_sendall` after the checks: the send, then asyncio's wait if the socket
+    /// took only part of the data.
+    fn start_sendall(
+        event_loop: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        fd: Option<RawFd>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
+        let py = event_loop.py();
+        let sent = match Self::try_sendall(py, sock, data, fd)? {
             Attempt::Complete(value) => return Err(stop_with(value)),
             Attempt::WouldBlock(sent) => sent,
         };
         let waiter =
-            event_loop.call_method1(intern!(py, "_sock_sendall_wait"), (&sock, &arg, sent))?;
+            event_loop.call_method1(intern!(py, "_sock_sendall_wait"), (sock, data, sent))?;
         Ok((waiter.unbind(), None))
     }
 
