@@ -262,3 +262,79 @@ pub fn with_bytes_mut<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&mut [u8]) -> R)
     let bytes = unsafe { std::slice::from_raw_parts_mut(buffer.view.buf.cast::<u8>(), len) };
     Ok(f(bytes))
 }
+
+/// One step of a native awaitable, as a generator's `send` reports it.
+pub enum SendOutcome {
+    /// Suspended: this is yielded to whoever drives the awaitable (the task).
+    Yield(Py<PyAny>),
+    /// Finished with this result.
+    Return(Py<PyAny>),
+}
+
+/// A pyclass that behaves as a coroutine: [`install_am_send`] gives its type the
+/// `am_send` slot, which drives it without an exception per finished step.
+pub trait NativeAwaitable: pyo3::PyClass {
+    /// Advances the awaitable once (the value sent in is always `None` for awaits).
+    fn step(slf: &Bound<'_, Self>) -> PyResult<SendOutcome>;
+}
+
+/// `am_send` for `T`: `await` on 3.11 goes through `PyIter_Send`, which uses this slot
+/// when a type has it; without it, every finished step raises a `StopIteration` that
+/// the interpreter catches again to read the result. (3.12+ call `__next__` instead.)
+unsafe extern "C" fn am_send<T: NativeAwaitable>(
+    slf: *mut ffi::PyObject,
+    _value: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    // SAFETY: CPython calls slots with the calling thread attached to the interpreter.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: `slf` is the object the slot was called on, alive for the call.
+        let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+        T::step(slf.cast::<T>()?)
+    }));
+    let err = match outcome {
+        Ok(Ok(step)) => {
+            let (object, status) = match step {
+                SendOutcome::Yield(object) => (object, ffi::PySendResult::PYGEN_NEXT),
+                SendOutcome::Return(object) => (object, ffi::PySendResult::PYGEN_RETURN),
+            };
+            // SAFETY: `result` is CPython's out-pointer; it takes the new reference.
+            unsafe { *result = object.into_ptr() };
+            return status;
+        }
+        Ok(Err(err)) => err,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic in a native awaitable".to_string());
+            pyo3::panic::PanicException::new_err(message)
+        }
+    };
+    err.restore(py);
+    // SAFETY: as above; on error the out-pointer holds NULL.
+    unsafe { *result = std::ptr::null_mut() };
+    ffi::PySendResult::PYGEN_ERROR
+}
+
+/// Gives `T`'s type object the `am_send` slot (see [`am_send`]). PyO3 has no attribute
+/// for it, so it is written into the heap type once, at module initialisation, before
+/// any instance exists.
+pub fn install_am_send<T: NativeAwaitable>(py: Python<'_>) -> PyResult<()> {
+    let tp = T::type_object(py);
+    // SAFETY: `tp` is T's heap type, which PyO3 created with an async-methods table
+    // (T defines `__await__`); only the `am_send` entry of that table is written, once,
+    // while the module is being initialised.
+    unsafe {
+        let as_async = (*tp.as_type_ptr()).tp_as_async;
+        if as_async.is_null() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "a native awaitable type must define __await__",
+            ));
+        }
+        (*as_async).am_send = Some(am_send::<T>);
+    }
+    Ok(())
+}

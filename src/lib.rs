@@ -17,6 +17,8 @@ use pyo3::prelude::*;
 /// `asyncio.BaseEventLoop`.
 #[pymodule(gil_used = false)]
 mod _ferroloop {
+    use pyo3::prelude::*;
+
     #[pymodule_export]
     use crate::event_loop::handle::{Handle, TimerHandle};
     #[pymodule_export]
@@ -25,4 +27,9 @@ mod _ferroloop {
     use crate::net::{RecvWhenReadable, SocketOperation};
     #[pymodule_export]
     use crate::transport::SocketTransportCore;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::ffi::install_am_send::<SocketOperation>(m.py())
+    }
 }

@@ -67,6 +67,52 @@ def test_sock_methods_are_coroutines(loop, pair):
 
     assert loop.run_until_complete(main()) == b"x"
 
+class SocketWithOddResults(socket.socket):
+    """A socket subclass whose ``recv`` returns what a real socket never would."""
+
+    result: object = None
+
+    def recv(self, bufsize, flags=0):
+        return self.result
+
+
+@pytest.mark.parametrize(
+    "result", [b"data", 7, None, (1, 2), (), ValueError("as a value")], ids=repr
+)
+def test_sock_recv_returns_any_result_unchanged(loop, result):
+    """A finished step reports its result through StopIteration.value (``send``) and
+    through ``await``, whatever the result is: a tuple is not taken as an argument
+    list, nor an exception as the exception."""
+    with SocketWithOddResults(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        sock.result = result
+
+        with pytest.raises(StopIteration) as stopped:
+            loop.sock_recv(sock, 10).send(None)
+        assert stopped.value.value is result
+
+        async def main():
+            return await loop.sock_recv(sock, 10)
+
+        assert loop.run_until_complete(main()) is result
+
+
+def test_sock_ops_driven_by_hand(loop, pair):
+    """send(None) runs the first step: an immediate result ends it at once."""
+    a, b = pair
+    with pytest.raises(StopIteration) as stopped:
+        loop.sock_sendall(b, b"abc").send(None)
+    assert stopped.value.value is None
+    with pytest.raises(StopIteration) as stopped:
+        loop.sock_recv(a, 2).send(None)
+    assert stopped.value.value == b"ab"
+    buf = bytearray(4)
+    with pytest.raises(StopIteration) as stopped:
+        loop.sock_recv_into(a, buf).send(None)
+    assert stopped.value.value == 1
+    assert buf[:1] == b"c"
+
+
 
 def test_recv_into_and_large_sendall(loop, pair):
     a, b = pair

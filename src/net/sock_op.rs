@@ -27,13 +27,13 @@ use ferroloop_reactor::stream_io;
 use pyo3::exceptions::{PyBaseException, PyBlockingIOError, PyInterruptedError, PyRuntimeError};
 use pyo3::exceptions::{PyStopIteration, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::event_loop::handle::Handle;
 use crate::event_loop::LoopCore;
-use crate::ffi;
+use crate::ffi::{self, NativeAwaitable, SendOutcome};
 use crate::py_cache::{CHECK_SSL_SOCKET, SOCKET_TYPE};
 use crate::transport::with_read_scratch;
 
@@ -69,6 +69,13 @@ enum Progress {
     Finished,
 }
 
+/// How the first step went: finished at once, or waiting on a future (with the native
+/// reader installed for it, if it waits that way).
+enum Started {
+    Done(Py<PyAny>),
+    Waiting(Py<PyAny>, Option<EdgeReader>),
+}
+
 /// What trying `sock_sendall`'s syscall gave.
 enum Attempt {
     Complete(Py<PyAny>),
@@ -85,9 +92,18 @@ pub struct SocketOperation {
     progress: Progress,
 }
 
-/// How a coroutine returns `value`: StopIteration's first argument.
-fn stop_with(value: Py<PyAny>) -> PyErr {
-    PyStopIteration::new_err((value,))
+/// How a coroutine returns `value`: `StopIteration` with `value` as its `value`.
+///
+/// Raised with the value itself as the "arguments" unless that would be misread (a
+/// tuple is taken as an argument list, an exception as the exception): on 3.11 the
+/// interpreter then takes the result without ever creating the exception object.
+fn stop_with(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    let bound = value.bind(py);
+    if bound.is_instance_of::<PyTuple>() || bound.is_instance_of::<PyBaseException>() {
+        PyStopIteration::new_err((value,))
+    } else {
+        PyStopIteration::new_err(value)
+    }
 }
 
 impl SocketOperation {
@@ -164,7 +180,7 @@ impl SocketOperation {
 
     /// The first step: asyncio's checks, the syscall, and, if it would block, the
     /// future to wait on with the native reader installed for it (if any).
-    fn start(slf: &Bound<'_, Self>) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
+    fn start(slf: &Bound<'_, Self>) -> PyResult<Started> {
         let py = slf.py();
         let (event_loop, sock) = {
             let this = slf.borrow();
@@ -199,10 +215,10 @@ impl SocketOperation {
         sock: &Bound<'_, PyAny>,
         fd: Option<RawFd>,
         target: ReadTarget,
-    ) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
+    ) -> PyResult<Started> {
         let py = event_loop.py();
         match target.read_once(sock, fd) {
-            Ok(value) => return Err(stop_with(value)),
+            Ok(value) => return Ok(Started::Done(value)),
             Err(Some(err)) => return Err(err),
             Err(None) => {}
         }
@@ -216,7 +232,7 @@ impl SocketOperation {
         let on_readable = event_loop.getattr(on_readable)?;
         let waiter =
             event_loop.call_method1(intern!(py, "_sock_read_wait"), (sock, on_readable, arg))?;
-        Ok((waiter.unbind(), None))
+        Ok(Started::Waiting(waiter.unbind(), None))
     }
 
     /// `sock_sendall` after the checks: the send, then asyncio's wait if the socket
@@ -226,15 +242,15 @@ impl SocketOperation {
         sock: &Bound<'_, PyAny>,
         fd: Option<RawFd>,
         data: &Bound<'_, PyAny>,
-    ) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
+    ) -> PyResult<Started> {
         let py = event_loop.py();
         let sent = match Self::try_sendall(py, sock, data, fd)? {
-            Attempt::Complete(value) => return Err(stop_with(value)),
+            Attempt::Complete(value) => return Ok(Started::Done(value)),
             Attempt::WouldBlock(sent) => sent,
         };
         let waiter =
             event_loop.call_method1(intern!(py, "_sock_sendall_wait"), (sock, data, sent))?;
-        Ok((waiter.unbind(), None))
+        Ok(Started::Waiting(waiter.unbind(), None))
     }
 
     /// Ends the wait: removes the native reader, unless a later operation on the
@@ -326,7 +342,7 @@ fn wait_readable(
     sock: &Bound<'_, PyAny>,
     fd: RawFd,
     target: ReadTarget,
-) -> PyResult<(Py<PyAny>, Option<EdgeReader>)> {
+) -> PyResult<Started> {
     let py = event_loop.py();
     let future = event_loop.call_method0(intern!(py, "create_future"))?;
     ensure_no_transport(event_loop, fd)?;
@@ -338,7 +354,7 @@ fn wait_readable(
     };
     let reader = Bound::new(py, reader)?.into_any();
     let handle = LoopCore::add_edge_reader(event_loop, sock, reader)?;
-    Ok((future.unbind(), Some((fd, handle))))
+    Ok(Started::Waiting(future.unbind(), Some((fd, handle))))
 }
 
 /// asyncio's `_ensure_fd_no_transport(fd)`, which raises if a transport owns `fd`. The
@@ -405,20 +421,16 @@ fn would_block(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
 }
 
-#[pymethods]
-impl SocketOperation {
-    /// Advances the operation: yields the future to wait on, or finishes with
-    /// `StopIteration(result)`, as a coroutine's `send` does.
-    fn send(slf: &Bound<'_, Self>, _value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        Self::__next__(slf)
-    }
-
-    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+impl NativeAwaitable for SocketOperation {
+    fn step(slf: &Bound<'_, Self>) -> PyResult<SendOutcome> {
         let py = slf.py();
         let progress = std::mem::replace(&mut slf.borrow_mut().progress, Progress::Finished);
         match progress {
             Progress::NotStarted => {
-                let (future, reader) = Self::start(slf)?;
+                let (future, reader) = match Self::start(slf)? {
+                    Started::Done(result) => return Ok(SendOutcome::Return(result)),
+                    Started::Waiting(future, reader) => (future, reader),
+                };
                 // What `Future.__await__` does before yielding the future to its task.
                 future.setattr(py, intern!(py, "_asyncio_future_blocking"), true)?;
                 let waiting = Progress::Waiting {
@@ -426,16 +438,37 @@ impl SocketOperation {
                     reader,
                 };
                 slf.borrow_mut().progress = waiting;
-                Ok(future)
+                Ok(SendOutcome::Yield(future))
             }
             Progress::Waiting { future, reader } => {
                 Self::stop_reading(slf, reader)?;
                 let result = future.call_method0(py, intern!(py, "result"))?;
-                Err(stop_with(result))
+                Ok(SendOutcome::Return(result))
             }
             Progress::Finished => Err(PyRuntimeError::new_err(
                 "cannot reuse already awaited coroutine",
             )),
+        }
+    }
+}
+
+#[pymethods]
+impl SocketOperation {
+    /// Advances the operation: yields the future to wait on, or finishes with
+    /// `StopIteration(result)`, as a coroutine's `send` does.
+    fn send(slf: &Bound<'_, Self>, _value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match Self::step(slf)? {
+            SendOutcome::Yield(future) => Ok(future),
+            SendOutcome::Return(result) => Err(stop_with(slf.py(), result)),
+        }
+    }
+
+    /// As `send(None)`; a `None` result ends the iteration without an exception.
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        match Self::step(slf)? {
+            SendOutcome::Yield(future) => Ok(Some(future)),
+            SendOutcome::Return(result) if result.is_none(slf.py()) => Ok(None),
+            SendOutcome::Return(result) => Err(stop_with(slf.py(), result)),
         }
     }
 
