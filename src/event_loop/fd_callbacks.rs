@@ -19,6 +19,7 @@
 //! old socket closed).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::{BorrowedFd, RawFd};
 
 use ferroloop_reactor::{Interest, Poller, Readiness, ReadyQueue};
@@ -138,7 +139,36 @@ pub(crate) type Displaced = (Option<Py<Handle>>, Option<Py<PyAny>>);
 /// Descriptors watched through `add_reader`/`add_writer`.
 #[derive(Default)]
 pub(crate) struct FdCallbacks {
-    entries: HashMap<RawFd, FdEntry>,
+    entries: HashMap<RawFd, FdEntry, BuildHasherDefault<FdHasher>>,
+}
+
+/// The registry's hash of a descriptor number. Descriptors are small integers handed out
+/// by the kernel, not keys an attacker picks, so the default SipHash (collision-resistant,
+/// and about a tenth of the loop's own work in a socket wait, which looks the registry up
+/// several times) buys nothing. Multiplying by an odd constant (Fibonacci hashing, as
+/// FxHash does) spreads consecutive numbers over the high bits hashbrown groups by.
+#[derive(Default)]
+struct FdHasher(u64);
+
+impl Hasher for FdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_i32(&mut self, fd: i32) {
+        // The bit pattern is what matters: `as` keeps it (descriptors are never negative).
+        self.write_u64(u64::from(fd as u32));
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// `fd` as asyncio's `_ensure_fd_no_transport` reads it: an `int` as is, anything else
