@@ -286,13 +286,28 @@ unsafe extern "C" fn am_send<T: NativeAwaitable>(
     _value: *mut ffi::PyObject,
     result: *mut *mut ffi::PyObject,
 ) -> ffi::PySendResult {
-    // SAFETY: CPython calls slots with the calling thread attached to the interpreter.
-    let py = unsafe { Python::assume_attached() };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: `slf` is the object the slot was called on, alive for the call.
-        let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-        T::step(slf.cast::<T>()?)
+        // CPython calls slots with the thread attached; `attach` records that for PyO3
+        // (as its own trampolines do), so references dropped inside are released now.
+        Python::attach(|py| {
+            // SAFETY: `slf` is the object the slot was called on, alive for the call.
+            let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+            T::step(slf.cast::<T>()?)
+        })
     }));
+    // SAFETY: as above, the thread is attached; `result` is CPython's out-pointer.
+    unsafe { finish_send(Python::assume_attached(), outcome, result) }
+}
+
+/// Writes a step's outcome to `am_send`'s out-pointer, or raises its error.
+///
+/// # Safety
+/// `result` must be a valid out-pointer (the one CPython passed to `am_send`).
+unsafe fn finish_send(
+    py: Python<'_>,
+    outcome: std::thread::Result<PyResult<SendOutcome>>,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
     let err = match outcome {
         Ok(Ok(step)) => {
             let (object, status) = match step {
