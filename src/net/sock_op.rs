@@ -8,7 +8,9 @@
 //! `asyncio.iscoroutine` accept it), it runs the same checks on its first step, tries the
 //! syscall directly (for plain non-blocking `socket.socket` objects), and only when the
 //! socket would block waits on a future, yielded to the task exactly as `await future`
-//! does, and returns the future's result.
+//! does, and returns the future's result. Returning needs no exception where the
+//! interpreter allows it: 3.11's `await` takes the result through the `am_send` slot
+//! ([`NativeAwaitable`]), and a `None` result ends `__next__` without a `StopIteration`.
 //!
 //! How it waits: a plain socket's `sock_recv`/`sock_recv_into` installs a
 //! [`RecvWhenReadable`] as the socket's edge reader, which reads (into the loop's scratch
