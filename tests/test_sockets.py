@@ -67,6 +67,7 @@ def test_sock_methods_are_coroutines(loop, pair):
 
     assert loop.run_until_complete(main()) == b"x"
 
+
 class SocketWithOddResults(socket.socket):
     """A socket subclass whose ``recv`` returns what a real socket never would."""
 
@@ -111,7 +112,6 @@ def test_sock_ops_driven_by_hand(loop, pair):
         loop.sock_recv_into(a, buf).send(None)
     assert stopped.value.value == 1
     assert buf[:1] == b"c"
-
 
 
 def test_recv_into_and_large_sendall(loop, pair):
