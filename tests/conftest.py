@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import logging
 import os
 import subprocess
 import sys
@@ -106,6 +107,55 @@ async def aiohttp_server(app, shutdown_timeout: float):
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_server(app, shutdown_timeout: float, **config):
+    """Run ``uvicorn.Server(Config(app, ...)).serve()`` as a task on the running loop, on
+    127.0.0.1 and an ephemeral port, with ``config`` passed on; yield (server, "host:port")."""
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            loop="none",
+            lifespan="on",
+            log_config=None,
+            log_level="warning",
+            **config,
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise AssertionError("uvicorn stopped before it started")
+            await asyncio.sleep(0.01)
+        (sock,) = server.servers[0].sockets
+        host, port = sock.getsockname()[:2]
+        assert host == "127.0.0.1"
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, shutdown_timeout)
+
+
+@pytest.fixture
+def no_error_logs(caplog):
+    """Fail on errors that only reach a log: a loop's "Exception in callback", "Task
+    exception was never retrieved", a server's "Exception in ASGI application" or failed
+    connection handler. Modules opt in with ``usefixtures``."""
+    yield
+    errors = [
+        record
+        for when in ("setup", "call")
+        for record in caplog.get_records(when)
+        if record.levelno >= logging.ERROR
+    ]
+    assert not errors, "\n".join(record.getMessage() for record in errors)
 
 
 def _allow_missing() -> bool:

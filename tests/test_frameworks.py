@@ -15,7 +15,6 @@ Needs: aiohttp uvicorn httptools h11 websockets wsproto.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import http.client
 import json
@@ -31,7 +30,6 @@ import time
 import aiohttp
 import conftest
 import pytest
-import uvicorn
 from aiohttp import WSMsgType, web
 from conftest import (
     SUBPROCESS_TIMEOUT,
@@ -352,35 +350,9 @@ def make_asgi_app(events: list):
     return app
 
 
-@contextlib.asynccontextmanager
-async def uvicorn_server(app, **config):
-    """Run ``uvicorn.Server(Config(...)).serve()`` as a task; yield (server, "host:port")."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            loop="none",
-            lifespan="on",
-            log_config=None,
-            log_level="warning",
-            **config,
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise AssertionError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        (sock,) = server.servers[0].sockets
-        host, port = sock.getsockname()[:2]
-        assert host == "127.0.0.1"
-        yield server, f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, SHUTDOWN_TIMEOUT)
+def uvicorn_server(app, **config):
+    """``conftest.uvicorn_server`` with this module's shutdown timeout."""
+    return conftest.uvicorn_server(app, SHUTDOWN_TIMEOUT, **config)
 
 
 HTTP_IMPLS = ["httptools", "h11"]
