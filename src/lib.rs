@@ -1,8 +1,9 @@
 //! ferroloop's Python extension module, `ferroloop._ferroloop`.
 //!
-//! This file only registers types. The loop core lives in [`event_loop`], raw CPython
-//! calls in [`ffi`], the errno-preserving error mapping in [`errors`]; the Python-free
-//! reactor (poller, timers, ready queue) is the `ferroloop-reactor` crate.
+//! This file only registers types (and, at initialisation, gives the socket operation
+//! type the `am_send` slot PyO3 cannot declare). The loop core lives in [`event_loop`],
+//! raw CPython calls in [`ffi`], the errno-preserving error mapping in [`errors`]; the
+//! Python-free reactor (poller, timers, ready queue) is the `ferroloop-reactor` crate.
 
 mod errors;
 mod event_loop;
