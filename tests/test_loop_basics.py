@@ -360,6 +360,64 @@ def test_call_soon_rejects_keyword_arguments_other_than_context(loop):
         loop.call_soon(print, "x", end="")
 
 
+def test_futures_and_tasks_schedule_through_the_loops_call_soon(loop_factory):
+    """A loop subclass that overrides call_soon, or a call_soon patched on the instance,
+    sees every callback that a Future and a Task schedule."""
+    probe = loop_factory()
+    probe.close()
+    base = type(probe)
+    base_call_soon = base.call_soon
+
+    class CountingLoop(base):
+        def __init__(self):
+            super().__init__()
+            self.scheduled = []
+
+        def call_soon(self, callback, *args, context=None):
+            self.scheduled.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    async def main():
+        fut = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: None)
+        asyncio.get_running_loop().call_soon(fut.set_result, 1)
+        return await asyncio.create_task(asyncio.sleep(0, result=await fut))
+
+    loop = CountingLoop()
+    try:
+        assert loop.run_until_complete(main()) == 1
+        # The done-callback and the task's steps went through the override.
+        assert sum(getattr(cb, "__name__", "") == "<lambda>" for cb in loop.scheduled) == 1
+        assert len(loop.scheduled) >= 5
+    finally:
+        loop.close()
+
+    loop = base()
+    patched = []
+
+    def spy(callback, *args, context=None):
+        patched.append(callback)
+        return base_call_soon(loop, callback, *args, context=context)
+
+    try:
+        loop.call_soon = spy
+        fut = loop.create_future()
+        fut.add_done_callback(lambda f: None)
+        fut.set_result(None)
+        assert len(patched) == 1
+        del loop.call_soon
+        fut2 = loop.create_future()
+        fut2.add_done_callback(lambda f: None)
+        fut2.set_result(None)
+        assert len(patched) == 1
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    finally:
+        loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_soon(print)
+
+
 def test_call_later_orders_by_deadline(loop):
     """call_later callbacks fire in deadline order, not scheduling order."""
     calls = []

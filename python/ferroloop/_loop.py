@@ -39,6 +39,9 @@ from ._transports import SocketTransport
 
 __all__ = ["Loop"]
 
+# Whether the C Future and Task look ``loop.call_soon`` up by attribute (see __init__).
+_BIND_CALL_SOON = sys.version_info < (3, 12)
+
 
 class Loop(LoopCore, base_events.BaseEventLoop):
     """An asyncio event loop whose core is written in Rust."""
@@ -57,6 +60,13 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         self._transports: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         # Unix server socket -> inode of its file, for 3.13's cleanup on close.
         self._unix_server_sockets: dict = {}
+        if _BIND_CALL_SOON and type(self).call_soon is LoopCore.call_soon:
+            # 3.11's C Future and Task look ``loop.call_soon`` up as an attribute for
+            # every callback they schedule, which builds a bound method each time; one
+            # bound method in the instance dict is found and reused instead (3.12+ call
+            # the method without binding it). A subclass's override is left alone, and
+            # close() drops the binding with the reference cycle it makes.
+            self.call_soon = self.call_soon
 
     # -- running -----------------------------------------------------------------------
 
@@ -345,6 +355,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             )
             self._signal_handlers.clear()
         self._close_core()
+        self.__dict__.pop("call_soon", None)
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
