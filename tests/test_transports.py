@@ -867,6 +867,43 @@ def test_writes_after_close_are_dropped_with_warnings(loop, caplog, when):
     assert all(r.levelno == logging.WARNING for r in warnings)
 
 
+def test_writes_after_a_close_that_waited_for_queued_data(loop_kind, loop, caplog):
+    """A close() that had to wait for queued bytes ends like any other close: later
+    writes are dropped, the 5th and later with asyncio's warning, and abort() does
+    nothing. Stock asyncio (3.11-3.13) does not count the lost connection on that path,
+    so there a later write() fails with an AttributeError (its transport has already let
+    go of its loop): ferroloop deliberately does what stock does after a close() with
+    nothing queued instead."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+
+    async def main():
+        t, p, peer = await tcp_pair(loop, Recorder)
+        with peer:
+            shrink_buffers(t, peer)
+            t.write(b"x" * (1 << 20))  # More than the kernel takes: the rest is queued.
+            assert t.get_write_buffer_size() > 0
+            t.close()
+            assert not p.lost.done()
+            received = await recv_to_eof(loop, peer)
+            await p.lost
+        if loop_kind == "asyncio":
+            with pytest.raises(AttributeError):
+                t.write(b"after")
+            return received
+        for _ in range(10):
+            t.write(b"after")
+        t.abort()
+        return received
+
+    assert run(loop, main()) == b"x" * (1 << 20)
+    warnings = [
+        r
+        for r in caplog.records
+        if r.name == "asyncio" and r.getMessage() == "socket.send() raised exception."
+    ]
+    assert len(warnings) == (0 if loop_kind == "asyncio" else 6)
+
+
 # --------------------------------------------------------------------------------------
 # Errors and teardown
 # --------------------------------------------------------------------------------------

@@ -488,6 +488,10 @@ impl SocketTransportCore {
                     waiter.call_method1(py, intern!(py, "set_result"), (py.None(),))?;
                 }
                 if closing {
+                    // Counted as lost, as a close() with nothing queued counts it, so later
+                    // writes are dropped (and warned about) the same way. Stock 3.11-3.13
+                    // skip this count and fail with an AttributeError on such writes.
+                    slf.borrow_mut().conn_lost += 1;
                     transport.call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
                 } else if eof {
                     stream_io::shutdown_write(fd).map_err(os_error)?;
