@@ -38,8 +38,8 @@ test) is wrong, and the test fails saying so.
 
 Stock differs between Python versions, and the model follows the installed one: before
 CPython gh-127655, 3.12+ ``writelines()`` never calls ``pause_writing()``; and 3.12+
-stock never finishes ``close()`` after ``writelines()`` with an empty chunk
-(gh-155888), so no scenario does that there (stock hangs: no oracle). So the operations
+stock never finishes ``close()`` after ``writelines()`` with an empty chunk (seen with
+3.12.1 and 3.13.0 here), so no scenario does that there (stock hangs: no oracle). So the operations
 of a seed can differ between Python versions; a test id reproduces on the same version.
 
 A failure prints the seed, the operations and the facts that differ. The module also
@@ -282,7 +282,7 @@ class Model:
             raise Undetermined("writelines() after close()")
         if _OWN_WRITELINES and 0 in sizes:
             # 3.12+ queues an empty chunk that never drains: close() then never
-            # completes (CPython gh-155888). Stock hangs, so it cannot be the oracle.
+            # completes (seen on 3.12.1/3.13.0). Stock hangs, so it cannot be the oracle.
             raise Undetermined("writelines() with an empty chunk")
         if not WRITELINES_PAUSES and me.pending + sum(sizes) > me.high:
             # Stock 3.12/3.13 before the fix never pause in writelines(); ferroloop's
