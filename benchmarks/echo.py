@@ -78,7 +78,7 @@ from _harness import (
     available_loops,
     busy_seconds,
     children_cpu_seconds,
-    cpu_seconds,
+    cpu_times,
     die_with_parent,
     git_revision,
     new_loop,
@@ -304,7 +304,7 @@ def measure(
     pid = server.proc.pid
     argv = [sys.executable, __file__, "client", str(server.port), str(size), str(conns)]
     busy_before, client_before = busy_seconds(), children_cpu_seconds()
-    sleeps_before, cpu_before = sleeps(pid), cpu_seconds(pid)
+    (user_before, system_before), sleeps_before = cpu_times(pid), sleeps(pid)
     try:
         out = subprocess.run(
             [*argv, str(duration)],
@@ -315,7 +315,9 @@ def measure(
         )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"client timed out after {exc.timeout:g} s") from None
-    cpu, slept = cpu_seconds(pid) - cpu_before, sleeps(pid) - sleeps_before
+    (user_after, system_after), slept = cpu_times(pid), sleeps(pid) - sleeps_before
+    system = system_after - system_before
+    cpu = user_after - user_before + system
     client_cpu = children_cpu_seconds() - client_before
     busy = busy_seconds() - busy_before
     if out.returncode != 0:
@@ -335,6 +337,7 @@ def measure(
         "p50_us": latencies[n // 2] * 1e6,
         "p99_us": latencies[min(n - 1, int(n * 0.99))] * 1e6,
         "cpu_us_per_req": cpu / n * 1e6,
+        "kernel_us_per_req": system / n * 1e6,
         "sleeps_per_req": slept / n,
         "other_load": other,
     }
@@ -523,16 +526,24 @@ def report(loops, modes, native, sizes, conn_counts, results, errors, args) -> s
             return None
         return {
             name: statistics.median(r[name] for r in runs)
-            for name in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "sleeps_per_req")
+            for name in (
+                "rps",
+                "p50_us",
+                "p99_us",
+                "cpu_us_per_req",
+                "kernel_us_per_req",
+                "sleeps_per_req",
+            )
         }
 
     head = ["size", "conns", "mode", "loop", "req/s", "p50 µs", "p99 µs", "sleeps/req"]
-    head.append("server CPU µs/req")
+    head += ["server CPU µs/req", "kernel µs/req"]
     head += [f"eff. vs {k}" for k in others]
     if native:
         head.append("of ceiling")
     rows = [head]
     summary_head = ["mode", "size", "conns", *(f"{k} µs/req" for k in loops)]
+    summary_head.append(f"{first} kernel µs/req")
     if native:
         summary_head.append("native µs/req")
     summary_head += [f"{first} vs {k}" for k in others]
@@ -555,7 +566,7 @@ def report(loops, modes, native, sizes, conn_counts, results, errors, args) -> s
                 m = med((size, conns, mode, kind))
                 row = [*cell, mode, kind]
                 if m is None:
-                    row += ["ERROR", "", "", "", ""]
+                    row += ["ERROR", "", "", "", "", ""]
                 else:
                     row += [
                         f"{m['rps']:.0f}",
@@ -563,6 +574,7 @@ def report(loops, modes, native, sizes, conn_counts, results, errors, args) -> s
                         f"{m['p99_us']:.0f}",
                         f"{m['sleeps_per_req']:.2f}",
                         f"{m['cpu_us_per_req']:.1f}",
+                        f"{m['kernel_us_per_req']:.1f}",
                     ]
                 for other in others:
                     is_first = kind == first
@@ -574,6 +586,8 @@ def report(loops, modes, native, sizes, conn_counts, results, errors, args) -> s
                 meds = {k: med((size, conns, mode, k)) for k in loops}
                 srow = [mode, *cell]
                 srow += [f"{meds[k]['cpu_us_per_req']:.1f}" if meds[k] else "ERROR" for k in loops]
+                f = meds[first]
+                srow.append(f"{f['kernel_us_per_req']:.1f}" if f else "ERROR")
                 if native:
                     srow.append(f"{ceiling['cpu_us_per_req']:.1f}" if ceiling else "ERROR")
                 srow += [fmt_ratio(meds[k], meds[first]) for k in others]
@@ -587,8 +601,10 @@ def report(loops, modes, native, sizes, conn_counts, results, errors, args) -> s
         f"{args.rounds} round(s) of "
         f"{args.duration:g} s per cell; client: separate process, blocking sockets, one thread "
         "per connection; medians over rounds. Server CPU = utime+stime of the server process "
-        "/ requests. sleeps/req = the server's voluntary context switches (waits in the "
-        "poller) per request: below 1, it handled several requests per wakeup."
+        "/ requests; kernel = its stime alone (the TCP stack and wakeups: no loop spends less "
+        "than the syscalls it makes cost). sleeps/req = the server's voluntary context "
+        "switches (waits in the poller) per request: below 1, it handled several requests "
+        "per wakeup."
     )
     if others:
         meta += f" eff. vs X = X µs/req / {first} µs/req (> 1: {first} spends less CPU)."

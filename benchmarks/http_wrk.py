@@ -56,7 +56,7 @@ from _harness import (
     available_loops,
     busy_seconds,
     children_cpu_seconds,
-    cpu_seconds,
+    cpu_times,
     die_with_parent,
     git_revision,
     new_loop,
@@ -210,7 +210,7 @@ def measure(
     argv += ["--timeout", f"{IO_TIMEOUT:g}s", f"http://127.0.0.1:{server.port}/"]
     pid = server.proc.pid
     busy_before, client_before = busy_seconds(), children_cpu_seconds()
-    sleeps_before, cpu_before = sleeps(pid), cpu_seconds(pid)
+    (user_before, system_before), sleeps_before = cpu_times(pid), sleeps(pid)
     try:
         out = subprocess.run(
             argv,
@@ -221,7 +221,9 @@ def measure(
         )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"wrk timed out after {exc.timeout:g} s") from None
-    cpu, slept = cpu_seconds(pid) - cpu_before, sleeps(pid) - sleeps_before
+    (user_after, system_after), slept = cpu_times(pid), sleeps(pid) - sleeps_before
+    system = system_after - system_before
+    cpu = user_after - user_before + system
     client_cpu = children_cpu_seconds() - client_before
     busy = busy_seconds() - busy_before
     if out.returncode != 0:
@@ -236,6 +238,7 @@ def measure(
         raise RuntimeError("no request completed")
     result["rps"] = result["requests"] / result["elapsed"]
     result["cpu_us_per_req"] = cpu / result["requests"] * 1e6
+    result["kernel_us_per_req"] = system / result["requests"] * 1e6
     result["sleeps_per_req"] = slept / result["requests"]
     # CPU that neither the server nor wrk used (this driver, other programs), as a share of
     # one core over the run: a noise indicator.
@@ -337,6 +340,7 @@ def report(loops, conn_counts, results, errors, args, pinned) -> str:
     """Markdown table of medians with efficiency ratios of the first loop against the others."""
     first, others = loops[0], loops[1:]
     head = ["conns", "loop", "req/s", "p50 µs", "p99 µs", "sleeps/req", "server CPU µs/req"]
+    head.append("kernel µs/req")
     head += [f"eff. vs {k}" for k in others]
     rows = [head]
     for conns in conn_counts:
@@ -346,7 +350,14 @@ def report(loops, conn_counts, results, errors, args, pinned) -> str:
             med[kind] = (
                 {
                     key: statistics.median(r[key] for r in runs)
-                    for key in ("rps", "p50_us", "p99_us", "sleeps_per_req", "cpu_us_per_req")
+                    for key in (
+                        "rps",
+                        "p50_us",
+                        "p99_us",
+                        "sleeps_per_req",
+                        "cpu_us_per_req",
+                        "kernel_us_per_req",
+                    )
                 }
                 if runs
                 else None
@@ -355,7 +366,7 @@ def report(loops, conn_counts, results, errors, args, pinned) -> str:
             m = med[kind]
             row = [str(conns), kind]
             if m is None:
-                row += ["ERROR", "", "", "", ""]
+                row += ["ERROR", "", "", "", "", ""]
             else:
                 row += [
                     f"{m['rps']:.0f}",
@@ -363,6 +374,7 @@ def report(loops, conn_counts, results, errors, args, pinned) -> str:
                     f"{m['p99_us']:.0f}",
                     f"{m['sleeps_per_req']:.2f}",
                     f"{m['cpu_us_per_req']:.1f}",
+                    f"{m['kernel_us_per_req']:.1f}",
                 ]
             for other in others:
                 o = med[other]
@@ -385,9 +397,11 @@ def report(loops, conn_counts, results, errors, args, pinned) -> str:
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs ({pinned}); httptools "
         f"keep-alive server, wrk -t{args.threads} -d{args.duration}s --latency; "
         f"{args.rounds} round(s); medians. Server CPU = utime+stime of the server process / "
-        f"wrk's request count. eff. vs X = X µs/req / {first} µs/req (> 1: {first} spends "
-        "less CPU). sleeps/req = the server's voluntary context switches (waits in the poller) "
-        "per request: below 1, it handled several requests per wakeup."
+        "wrk's request count; kernel = its stime alone (the TCP stack and wakeups: no loop "
+        "spends less than the syscalls it makes cost). "
+        f"eff. vs X = X µs/req / {first} µs/req (> 1: {first} spends less CPU). "
+        "sleeps/req = the server's voluntary context switches (waits in the poller) per "
+        "request: below 1, it handled several requests per wakeup."
     )
     loads = [r["other_load"] for runs in results.values() for r in runs]
     if loads:
