@@ -163,11 +163,12 @@ class Loop(LoopCore, base_events.BaseEventLoop):
 
     # sock_recv, sock_recv_into and sock_sendall are native (LoopCore,
     # src/net/sock_op.rs): they try the syscall directly, and a plain socket's reads also
-    # wait natively. These are the waits of the other cases (socket subclasses, a
-    # sock_sendall that would block), for the future to wait on. Reads wait through an
-    # edge reader: the socket's epoll registration is kept between operations instead of
-    # being added and deleted around every wait (see src/event_loop/fd_callbacks.rs).
-    # The rest of the sock_* family is asyncio's code as is (adopted below).
+    # wait natively, through an edge reader (the socket's epoll registration is kept
+    # between operations; see src/event_loop/fd_callbacks.rs). These are the waits of
+    # the other cases (socket subclasses, reads the socket's own recv must make, a
+    # sock_sendall that would block), for the future to wait on: asyncio's, with a
+    # level-triggered reader, since a subclass's recv may report "would block" while data
+    # is queued. The rest of the sock_* family is asyncio's code as is (adopted below).
 
     def _sock_read_wait(self, sock, on_readable, arg):
         # on_readable: asyncio's _sock_recv/_sock_recv_into, which retry the read on
@@ -175,8 +176,8 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         fut = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
-        handle = self._add_edge_reader(sock, on_readable, fut, sock, arg)
-        fut.add_done_callback(functools.partial(self._sock_edge_read_done, fd, handle=handle))
+        handle = self._add_reader(fd, on_readable, fut, sock, arg)
+        fut.add_done_callback(functools.partial(self._sock_read_done, fd, handle=handle))
         return fut
 
     def _sock_sendall_wait(self, sock, data, sent):
@@ -187,10 +188,6 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         handle = self._add_writer(fd, self._sock_sendall, fut, sock, memoryview(data), [sent])
         fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
         return fut
-
-    def _sock_edge_read_done(self, fd, fut, handle=None) -> None:
-        if handle is None or not handle.cancelled():
-            self._remove_edge_reader(fd)
 
     # -- transports ----------------------------------------------------------------------
 
@@ -364,7 +361,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
 
 
 # Defined by LoopCore; adopting asyncio's versions onto Loop would shadow them.
-_NATIVE_SOCK_METHODS = frozenset({"sock_recv", "sock_sendall"})
+_NATIVE_SOCK_METHODS = frozenset({"sock_recv", "sock_recv_into", "sock_sendall"})
 
 # What they return acts as the coroutine asyncio's `async def` versions return.
 collections.abc.Coroutine.register(SocketOperation)

@@ -160,8 +160,8 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// `_add_reader`/`_add_writer`/`_add_edge_reader`: validation as asyncio's, then
-    /// the registration.
+    /// `_add_reader`/`_add_writer`/[`LoopCore::add_edge_reader`]: validation as
+    /// asyncio's, then the registration.
     fn add_fd_callback(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
@@ -204,8 +204,8 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// `_remove_reader`/`_remove_writer`/`_remove_edge_reader`: True if a callback was
-    /// removed.
+    /// `_remove_reader`/`_remove_writer`/[`LoopCore::remove_edge_reader`]: True if a
+    /// callback was removed.
     fn remove_fd_callback(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
@@ -255,7 +255,11 @@ impl LoopCore {
         Ok(Some(kwargs))
     }
 
-    /// `_add_edge_reader(sock, callback)` for native callers (see `net::sock_op`).
+    /// What a native `sock_recv`/`sock_recv_into` waits with: `callback()` on readiness
+    /// of `sock`, like `_add_reader`, but the descriptor's registration is kept
+    /// (edge-triggered) after [`LoopCore::remove_edge_reader`], so the next wait on the
+    /// same socket costs no syscall. Callers must have had `EAGAIN` from the kernel
+    /// before waiting (see `fd_callbacks`).
     pub(crate) fn add_edge_reader(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -484,25 +488,6 @@ impl LoopCore {
     /// Stops watching `fd` for writing; True if a writer was registered.
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_fd_callback(slf, fd, Slot::Writer)
-    }
-
-    /// What `sock_recv` & co. wait with: `callback(*args)` on readiness of `sock`, like
-    /// `_add_reader`, but the descriptor's registration is kept (edge-triggered) after
-    /// `_remove_edge_reader`, so the next wait on the same socket costs no syscall.
-    /// Callers must try their operation before waiting (see `fd_callbacks`).
-    #[pyo3(signature = (sock, callback, *args))]
-    fn _add_edge_reader(
-        slf: &Bound<'_, Self>,
-        sock: &Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-    ) -> PyResult<Py<Handle>> {
-        Self::add_fd_callback(slf, sock, callback, args, Slot::EdgeReader)
-    }
-
-    /// Removes the reader `_add_edge_reader` installed on `fd`; True if there was one.
-    fn _remove_edge_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Self::remove_fd_callback(slf, fd, Slot::EdgeReader)
     }
 
     /// The `selectors` event mask watched on `fd` (an int or a file object; 0 when

@@ -37,7 +37,7 @@ use crate::event_loop::handle::Handle;
 use crate::event_loop::LoopCore;
 use crate::ffi::{self, NativeAwaitable, SendOutcome};
 use crate::py_cache::{CHECK_SSL_SOCKET, SOCKET_TYPE};
-use crate::transport::with_read_scratch;
+use crate::transport::{with_read_scratch, MAX_READ};
 
 /// Which operation, with its argument.
 enum Request {
@@ -272,9 +272,10 @@ type EdgeReader = (RawFd, Py<Handle>);
 
 /// Where a read lands, and what it returns.
 enum ReadTarget {
-    /// `sock_recv`: a new `bytes` of at most this many bytes (`None`: `nbytes` is not a
-    /// non-negative int, so the socket's own `recv` must judge it), and the original
-    /// argument.
+    /// `sock_recv`: a new `bytes` of at most this many bytes, and the original argument.
+    /// `None` when the socket's own `recv` must do the read: `nbytes` is not an int
+    /// `recv` accepts (it raises stock's error), or is larger than the scratch buffer
+    /// (`recv` then allocates it, as on stock, and can return a datagram whole).
     Bytes(Option<usize>, Py<PyAny>),
     /// `sock_recv_into`: the caller's writable buffer; returns the count.
     Buffer(Py<PyAny>),
@@ -282,7 +283,13 @@ enum ReadTarget {
 
 impl ReadTarget {
     fn of_nbytes(nbytes: &Bound<'_, PyAny>) -> Self {
-        ReadTarget::Bytes(nbytes.extract::<usize>().ok(), nbytes.clone().unbind())
+        // `socket.recv` takes a C `ssize_t`: 2**63 and above overflow there.
+        let direct = nbytes
+            .extract::<isize>()
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n <= MAX_READ);
+        ReadTarget::Bytes(direct, nbytes.clone().unbind())
     }
 
     /// Whether reads may bypass the socket's methods (given a plain socket).
@@ -294,17 +301,15 @@ impl ReadTarget {
     /// socket's own method then gives the exact error asyncio would).
     fn read_direct(&self, py: Python<'_>, fd: RawFd) -> Option<std::io::Result<Py<PyAny>>> {
         match self {
-            // `recv(n)` may return fewer bytes than `n`, so reading at most a scratch
-            // buffer's worth is what a recv of `n` can do anyway.
             ReadTarget::Bytes(Some(nbytes), _) => Some(with_read_scratch(|scratch| {
-                let len = (*nbytes).min(scratch.len());
-                stream_io::recv(fd, &mut scratch[..len])
-                    .map(|got| PyBytes::new(py, &scratch[..got]).into_any().unbind())
+                let buffer = &mut scratch[..*nbytes];
+                recv_as_socket_does(fd, buffer)
+                    .map(|got| PyBytes::new(py, &buffer[..got]).into_any().unbind())
             })),
             ReadTarget::Bytes(None, _) => None,
             ReadTarget::Buffer(buf) => {
                 let received =
-                    ffi::with_bytes_mut(buf.bind(py), |memory| stream_io::recv(fd, memory));
+                    ffi::with_bytes_mut(buf.bind(py), |memory| recv_as_socket_does(fd, memory));
                 let count = |n: usize| {
                     let Ok(n) = n.into_pyobject(py);
                     n.into_any().unbind()
@@ -334,6 +339,17 @@ impl ReadTarget {
         result
             .map(Bound::unbind)
             .map_err(|err| (!would_block(py, &err)).then_some(err))
+    }
+}
+
+/// One `recv` into `buffer`, as `socket.recv`/`recv_into` make it: an empty buffer
+/// reads nothing and makes no syscall (a zero-byte `recv` would wait for data when none
+/// is queued, and consume a queued datagram).
+fn recv_as_socket_does(fd: RawFd, buffer: &mut [u8]) -> std::io::Result<usize> {
+    if buffer.is_empty() {
+        Ok(0)
+    } else {
+        stream_io::recv(fd, buffer)
     }
 }
 

@@ -12,5 +12,5 @@
 
 mod socket;
 
-pub(crate) use socket::with_read_scratch;
 pub use socket::SocketTransportCore;
+pub(crate) use socket::{with_read_scratch, MAX_READ};

@@ -22,8 +22,9 @@ use crate::errors::os_error;
 use crate::ffi;
 use crate::py_cache::ASYNCIO_LOG_MODULE;
 
-/// How much one read may take: asyncio's `max_size` for socket transports.
-const MAX_READ: usize = 256 * 1024;
+/// How much one read may take: asyncio's `max_size` for socket transports, and the
+/// size of the scratch buffer reads land in.
+pub(crate) const MAX_READ: usize = 256 * 1024;
 
 /// After this many writes to a lost connection, each further one is logged (asyncio's
 /// `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
