@@ -649,6 +649,21 @@ class Run:
             self.check("read", self.read_fact(op, res), self.expected_read(op, data, ""))
         await self.drain_rest(y, data, got)
 
+    async def read_timing_out(self, y: str, read, how: str) -> None:
+        """A read on ``y`` bounded by ``asyncio.wait_for`` or ``asyncio.timeout`` (``how``),
+        with nothing to read: it must time out."""
+        op = Read(asyncio.get_running_loop(), self.socks[y], *read)
+        try:
+            if how == "wait_for":
+                await asyncio.wait_for(op.coro, SHORT)
+            else:
+                async with asyncio.timeout(SHORT):
+                    await op.coro
+            res = ("returned",)
+        except Exception as exc:
+            res = exc_fact(exc)
+        self.check("timed out", res, ("raised", "TimeoutError", ""))
+
     async def ep_cancel_read(self, x, read, how, size, seed, read2):
         loop = asyncio.get_running_loop()
         y = other(x)
@@ -658,17 +673,7 @@ class Run:
         got = EMPTY
         rest = EMPTY
         if how in ("wait_for", "timeout"):
-            op = Read(loop, self.socks[y], *read)
-            try:
-                if how == "wait_for":
-                    await asyncio.wait_for(op.coro, SHORT)
-                else:
-                    async with asyncio.timeout(SHORT):
-                        await op.coro
-                res = ("returned",)
-            except Exception as exc:
-                res = exc_fact(exc)
-            self.check("timed out", res, ("raised", "TimeoutError", ""))
+            await self.read_timing_out(y, read, how)
             self.check("remove_reader after the timeout", loop.remove_reader(fd), False)
         else:
             op, t = self.start_read(y, *read, name="read")
@@ -1013,17 +1018,7 @@ class Run:
         data = payload(size, seed)
         sent = False
         if how in ("wait_for", "timeout"):
-            op = Read(loop, self.socks[y], *read)
-            try:
-                if how == "wait_for":
-                    await asyncio.wait_for(op.coro, SHORT)
-                else:
-                    async with asyncio.timeout(SHORT):
-                        await op.coro
-                res = ("returned",)
-            except Exception as exc:
-                res = exc_fact(exc)
-            self.check("timed out", res, ("raised", "TimeoutError", ""))
+            await self.read_timing_out(y, read, how)
         else:
             _, t = self.start_read(y, *read)
             if how != "before_start":
