@@ -7,18 +7,18 @@
 //! (whose `fileno()` is -1) is still found by identity, so it can be unregistered.
 //!
 //! Native socket operations (`sock_recv`, `sock_recv_into` on a plain `socket.socket`)
-//! read through the other kind of reader, the *edge reader*. A descriptor has one reader of either kind, as asyncio's
-//! selector key has one: installing either replaces (and cancels) the other. asyncio
-//! registers and unregisters the descriptor around every wait (two `epoll_ctl` calls per
-//! `sock_recv` that has to wait); here the registration is kept, edge-triggered, between
-//! operations on the same socket, so a wait costs no `epoll_ctl` at all. That is sound
-//! because those operations make the syscall themselves before waiting: they only wait
-//! after the kernel's `EAGAIN`, and any data that arrives after an `EAGAIN` is an edge.
-//! (A socket subclass's `recv` may say "would block" with data queued, so its waits use
-//! an ordinary, level-triggered reader.) A kept registration
-//! holds only a weak reference to its socket; if the descriptor number later belongs to
-//! another socket, the registration is renewed (the kernel dropped the old one when the
-//! old socket closed).
+//! read through the other kind of reader, the *edge reader*. A descriptor has one
+//! reader of either kind, as asyncio's selector key has one: installing either replaces
+//! (and cancels) the other. asyncio registers and unregisters the descriptor around
+//! every wait (two `epoll_ctl` calls per `sock_recv` that has to wait); here the
+//! registration is kept, edge-triggered, between operations on the same socket, so a
+//! wait costs no `epoll_ctl` at all. That is sound because those operations make the
+//! syscall themselves before waiting: they only wait after the kernel's `EAGAIN`, and
+//! any data that arrives after an `EAGAIN` is an edge. (A socket subclass's `recv` may
+//! say "would block" with data queued, so its waits use an ordinary, level-triggered
+//! reader.) A kept registration holds only a weak reference to its socket; if the
+//! descriptor number later belongs to another socket, the registration is renewed (the
+//! kernel dropped the old one when the old socket closed).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -302,7 +302,9 @@ impl ReadTarget {
     fn read_direct(&self, py: Python<'_>, fd: RawFd) -> Option<std::io::Result<Py<PyAny>>> {
         match self {
             ReadTarget::Bytes(Some(nbytes), _) => Some(with_read_scratch(|scratch| {
-                let buffer = &mut scratch[..*nbytes];
+                // `of_nbytes` keeps `nbytes` within the scratch buffer already.
+                let len = (*nbytes).min(scratch.len());
+                let buffer = &mut scratch[..len];
                 recv_as_socket_does(fd, buffer)
                     .map(|got| PyBytes::new(py, &buffer[..got]).into_any().unbind())
             })),
