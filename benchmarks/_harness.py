@@ -150,6 +150,39 @@ def sleeps(pid: int) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class ServerUsage:
+    """What a server process has used so far: user and system CPU seconds, and sleeps
+    (voluntary context switches). ``ServerUsage.of(pid)`` before and after a run, then
+    ``after - before``, is what the run cost it."""
+
+    user: float
+    system: float
+    sleeps: int
+
+    @classmethod
+    def of(cls, pid: int) -> ServerUsage:
+        user, system = cpu_times(pid)
+        return cls(user, system, sleeps(pid))
+
+    def __sub__(self, other: ServerUsage) -> ServerUsage:
+        return ServerUsage(
+            self.user - other.user, self.system - other.system, self.sleeps - other.sleeps
+        )
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        """The report's per-request columns: CPU and kernel µs, and sleeps."""
+        return {
+            "cpu_us_per_req": self.cpu / requests * 1e6,
+            "kernel_us_per_req": self.system / requests * 1e6,
+            "sleeps_per_req": self.sleeps / requests,
+        }
+
+
 @dataclass
 class ServerProcess:
     """A benchmark server in its own process, pinned to ``cpus``; it prints its port on

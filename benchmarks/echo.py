@@ -75,15 +75,14 @@ from _harness import (
     ALL_LOOPS,
     IO_TIMEOUT,
     ServerProcess,
+    ServerUsage,
     available_loops,
     busy_seconds,
     children_cpu_seconds,
-    cpu_times,
     die_with_parent,
     git_revision,
     new_loop,
     rotated,
-    sleeps,
 )
 
 LOOP_MODES = ("protocol", "buffered", "streams", "sockets")
@@ -304,7 +303,7 @@ def measure(
     pid = server.proc.pid
     argv = [sys.executable, __file__, "client", str(server.port), str(size), str(conns)]
     busy_before, client_before = busy_seconds(), children_cpu_seconds()
-    (user_before, system_before), sleeps_before = cpu_times(pid), sleeps(pid)
+    before = ServerUsage.of(pid)
     try:
         out = subprocess.run(
             [*argv, str(duration)],
@@ -315,9 +314,7 @@ def measure(
         )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"client timed out after {exc.timeout:g} s") from None
-    (user_after, system_after), slept = cpu_times(pid), sleeps(pid) - sleeps_before
-    system = system_after - system_before
-    cpu = user_after - user_before + system
+    used = ServerUsage.of(pid) - before
     client_cpu = children_cpu_seconds() - client_before
     busy = busy_seconds() - busy_before
     if out.returncode != 0:
@@ -326,7 +323,7 @@ def measure(
     result = json.loads(out.stdout)
     # CPU that neither the server nor the client used (this driver, other programs), as a
     # share of one core over the run: a noise indicator.
-    other = max(0.0, busy - cpu - client_cpu) / result["elapsed"]
+    other = max(0.0, busy - used.cpu - client_cpu) / result["elapsed"]
     latencies = sorted(result["latencies"])
     if not latencies:
         raise RuntimeError("no request completed")
@@ -336,9 +333,7 @@ def measure(
         "rps": n / result["elapsed"],
         "p50_us": latencies[n // 2] * 1e6,
         "p99_us": latencies[min(n - 1, int(n * 0.99))] * 1e6,
-        "cpu_us_per_req": cpu / n * 1e6,
-        "kernel_us_per_req": system / n * 1e6,
-        "sleeps_per_req": slept / n,
+        **used.per_request(n),
         "other_load": other,
     }
 

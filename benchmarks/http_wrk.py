@@ -53,15 +53,14 @@ from _harness import (
     ALL_LOOPS,
     IO_TIMEOUT,
     ServerProcess,
+    ServerUsage,
     available_loops,
     busy_seconds,
     children_cpu_seconds,
-    cpu_times,
     die_with_parent,
     git_revision,
     new_loop,
     rotated,
-    sleeps,
 )
 
 BODY = b"Hello, World!"
@@ -210,7 +209,7 @@ def measure(
     argv += ["--timeout", f"{IO_TIMEOUT:g}s", f"http://127.0.0.1:{server.port}/"]
     pid = server.proc.pid
     busy_before, client_before = busy_seconds(), children_cpu_seconds()
-    (user_before, system_before), sleeps_before = cpu_times(pid), sleeps(pid)
+    before = ServerUsage.of(pid)
     try:
         out = subprocess.run(
             argv,
@@ -221,9 +220,7 @@ def measure(
         )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"wrk timed out after {exc.timeout:g} s") from None
-    (user_after, system_after), slept = cpu_times(pid), sleeps(pid) - sleeps_before
-    system = system_after - system_before
-    cpu = user_after - user_before + system
+    used = ServerUsage.of(pid) - before
     client_cpu = children_cpu_seconds() - client_before
     busy = busy_seconds() - busy_before
     if out.returncode != 0:
@@ -237,12 +234,10 @@ def measure(
     if not result["requests"]:
         raise RuntimeError("no request completed")
     result["rps"] = result["requests"] / result["elapsed"]
-    result["cpu_us_per_req"] = cpu / result["requests"] * 1e6
-    result["kernel_us_per_req"] = system / result["requests"] * 1e6
-    result["sleeps_per_req"] = slept / result["requests"]
+    result.update(used.per_request(result["requests"]))
     # CPU that neither the server nor wrk used (this driver, other programs), as a share of
     # one core over the run: a noise indicator.
-    result["other_load"] = max(0.0, busy - cpu - client_cpu) / result["elapsed"]
+    result["other_load"] = max(0.0, busy - used.cpu - client_cpu) / result["elapsed"]
     return result
 
 
