@@ -238,6 +238,21 @@ def client(srv: RedisServer, *, unix: bool = False, **kwargs):
     )
 
 
+def blocking_pool(srv: RedisServer, max_connections: int, client_name: str):
+    """A ``BlockingConnectionPool`` of at most ``max_connections`` to the server over
+    TCP, its connections named ``client_name``, with the same bounded timeouts as
+    ``client`` (and as long a wait for a free connection)."""
+    return aioredis.BlockingConnectionPool(
+        host=srv.host,
+        port=srv.port,
+        max_connections=max_connections,
+        timeout=SOCKET_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
+        client_name=client_name,
+    )
+
+
 @contextlib.asynccontextmanager
 async def connected(srv: RedisServer, **kwargs):
     """A client on the running loop, closed (with its pool) afterwards."""
@@ -827,15 +842,7 @@ def test_pool_concurrency(loop_kind, loop_factory, server):
         check_loop(loop_kind)
         got = {}
         async with connected(server) as admin:
-            pool = aioredis.BlockingConnectionPool(
-                host=server.host,
-                port=server.port,
-                max_connections=10,
-                timeout=SOCKET_TIMEOUT,
-                socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=SOCKET_TIMEOUT,
-                client_name="blocking-pool",
-            )
+            pool = blocking_pool(server, 10, "blocking-pool")
             r = aioredis.Redis.from_pool(pool)
             try:
 
@@ -895,15 +902,7 @@ def test_blocking_commands(loop_kind, loop_factory, server):
     async def main():
         check_loop(loop_kind)
         got = {}
-        pool = aioredis.BlockingConnectionPool(
-            host=server.host,
-            port=server.port,
-            max_connections=1,
-            timeout=SOCKET_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            client_name="blocker",
-        )
+        pool = blocking_pool(server, 1, "blocker")
         r = aioredis.Redis.from_pool(pool)
         try:
             async with connected(server) as admin:
