@@ -21,7 +21,7 @@ mod _ferroloop {
     use pyo3::prelude::*;
 
     #[pymodule_export]
-    use crate::event_loop::handle::{Handle, TimerHandle};
+    use crate::event_loop::handle::{Handle, ThreadSafeHandle, TimerHandle};
     #[pymodule_export]
     use crate::event_loop::LoopCore;
     #[pymodule_export]

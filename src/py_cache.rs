@@ -81,3 +81,7 @@ pub static CHECK_SSL_SOCKET: CachedAttr =
     CachedAttr::new("asyncio.base_events", "_check_ssl_socket");
 /// `socket.socket`: sockets of exactly this type get the direct syscall path.
 pub static SOCKET_TYPE: CachedAttr = CachedAttr::new("socket", "socket");
+/// `asyncio.events._ThreadSafeHandle` (3.14+): what a thread-safe handle reports as its
+/// `__class__`.
+pub static THREAD_SAFE_HANDLE_TYPE: CachedAttr =
+    CachedAttr::new("asyncio.events", "_ThreadSafeHandle");

@@ -16,7 +16,9 @@ use pyo3::types::{PyFloat, PyTuple};
 use pyo3::PyClassInitializer;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::py_cache::format_callback_source;
+use crate::py_cache::{format_callback_source, THREAD_SAFE_HANDLE_TYPE};
+
+use super::run_lock::{RunLock, RunLockGuard};
 
 /// The Python objects a handle refers to. Cleared by `cancel()` (callback and args, as
 /// asyncio does, to break reference cycles early) and by the garbage collector (all).
@@ -62,6 +64,9 @@ pub(crate) struct HandleCore {
     /// Present only for handles created in debug mode; boxed so that the common case
     /// costs one pointer per handle.
     debug: Option<Box<DebugInfo>>,
+    /// Present only for [`ThreadSafeHandle`]s: held while the callback runs, and by
+    /// `cancel()`/`cancelled()`.
+    run_lock: Option<Box<RunLock>>,
 }
 
 /// What debug mode records about a handle.
@@ -96,7 +101,22 @@ impl HandleCore {
                     cancelled_repr: OnceLock::new(),
                 })
             }),
+            run_lock: None,
         }
+    }
+
+    /// The same handle, made thread-safe as 3.14's `_ThreadSafeHandle` (see
+    /// [`RunLock`]).
+    pub(crate) fn thread_safe(mut self) -> Self {
+        self.run_lock = Some(Box::default());
+        self
+    }
+
+    /// For a thread-safe handle, its lock, taken (the loop holds it while running the
+    /// callback, so that another thread's `cancel()` waits for the callback to end).
+    #[inline]
+    pub(crate) fn lock_for_run(&self, py: Python<'_>) -> Option<RunLockGuard<'_>> {
+        self.run_lock.as_ref().map(|lock| lock.acquire(py))
     }
 
     fn refs(&self) -> MutexGuard<'_, CallbackRefs> {
@@ -128,6 +148,7 @@ impl HandleCore {
     /// Marks the handle cancelled and drops its callback and arguments. Returns false if
     /// it already was cancelled.
     fn cancel(&self, handle: &Bound<'_, PyAny>) -> bool {
+        let _running = self.lock_for_run(handle.py());
         if self.cancelled.load(Ordering::Acquire) {
             return false;
         }
@@ -263,7 +284,8 @@ impl Handle {
     }
 
     /// True if the call was cancelled.
-    fn cancelled(&self) -> bool {
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        let _running = self.core.lock_for_run(py);
         self.core.is_cancelled()
     }
 
@@ -307,6 +329,42 @@ impl Handle {
 
     fn __clear__(&self) {
         self.core.clear();
+    }
+}
+
+/// What `call_soon_threadsafe` returns on Python 3.14+, where asyncio made cancelling
+/// such a handle from another thread safe (`events._ThreadSafeHandle`): `cancel()` and
+/// `cancelled()` called from another thread while the callback runs wait for it to end.
+///
+/// `isinstance(handle, asyncio.events._ThreadSafeHandle)` holds, as 3.14's tests and
+/// code expect, through `__class__` (the protocol `isinstance` falls back on for
+/// proxies); `type(handle)` is this class.
+#[pyclass(module = "ferroloop._ferroloop", frozen, extends = Handle)]
+pub struct ThreadSafeHandle;
+
+impl ThreadSafeHandle {
+    /// Creates the handle; `core` (made thread-safe here) becomes its `Handle` part.
+    pub(crate) fn create(py: Python<'_>, core: HandleCore) -> PyResult<Py<Handle>> {
+        let init = PyClassInitializer::from(Handle {
+            core: core.thread_safe(),
+        })
+        .add_subclass(ThreadSafeHandle);
+        Ok(Bound::new(py, init)?.into_super().unbind())
+    }
+}
+
+#[pymethods]
+impl ThreadSafeHandle {
+    #[getter(__class__)]
+    fn class(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Ok(THREAD_SAFE_HANDLE_TYPE.get(slf.py())?.clone().unbind())
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        slf.as_super()
+            .get()
+            .core
+            .repr(slf.py(), "_ThreadSafeHandle", None)
     }
 }
 

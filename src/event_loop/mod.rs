@@ -9,9 +9,11 @@
 //! attributes those inherited methods read (`_closed`, `_stopping`, `_debug`) are
 //! properties backed by the native state below.
 
+mod clock;
 mod fd_callbacks;
 pub(crate) mod handle;
 mod run;
+mod run_lock;
 mod schedule;
 
 use std::os::fd::RawFd;
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ferroloop_reactor::{monotonic, Poller, PollerEvents, ReadyQueue, SignalPipe, TimerHeap};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple, PyWeakrefReference};
+use pyo3::types::{PyDict, PyString, PyTuple, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -30,8 +32,9 @@ use crate::ffi::KwNames;
 use crate::net::SocketOperation;
 use crate::py_cache::{BASE_EVENT_LOOP, FUTURE_TYPE, TASKS_MODULE};
 
+use clock::ClockOverride;
 use fd_callbacks::{fileno, FdCallbacks, Slot};
-use handle::{Handle, ScheduledTimer, TimerHandle};
+use handle::{Handle, ScheduledTimer, ThreadSafeHandle, TimerHandle};
 use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
 
 /// Poller token of the signal wake-up socket.
@@ -83,6 +86,29 @@ pub struct LoopCore {
     clock_resolution: f64,
     /// `{"loop": self}` while the loop is open (see [`LoopCore::loop_keyword`]).
     loop_keyword: Mutex<Option<Py<PyDict>>>,
+    /// Whether a program replaced `time()` (see [`clock`]).
+    clock_override: ClockOverride,
+    /// What differs between the Python versions the loop runs on.
+    version: VersionRules,
+}
+
+/// The behaviours of the loop core that depend on the Python version, decided once.
+struct VersionRules {
+    /// 3.14+: `call_soon_threadsafe` returns a [`ThreadSafeHandle`].
+    thread_safe_handles: bool,
+    /// 3.15+: due timers are those before `now + max(resolution, ulp(now))`, so the
+    /// bound grows even where the clock's resolution is below a float step.
+    end_time_ulp: bool,
+}
+
+impl VersionRules {
+    fn of(py: Python<'_>) -> Self {
+        let version = py.version_info();
+        VersionRules {
+            thread_safe_handles: version >= (3, 14),
+            end_time_ulp: version >= (3, 15),
+        }
+    }
 }
 
 /// Releases the contents of the queues (loop close or GC clear), outside the locks.
@@ -145,6 +171,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
         checks: DebugChecks,
+        thread_safe: bool,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
@@ -154,7 +181,11 @@ impl LoopCore {
             debug_checks(slf.as_any(), &callback, checks)?;
         }
         let core = handle_core(callback, args, context, debug)?;
-        let handle = Py::new(py, Handle { core })?;
+        let handle = if thread_safe {
+            ThreadSafeHandle::create(py, core)?
+        } else {
+            Py::new(py, Handle { core })?
+        };
         handle::untrack_queued(handle.bind(py));
         this.state().ready.push(handle.clone_ref(py));
         Ok(handle)
@@ -167,13 +198,14 @@ impl LoopCore {
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
         slot: Slot,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         let number = fileno(fd)?;
         this.check_closed()?;
-        let core = handle_core(callback, args, None, this.debug())?;
+        let core = handle_core(callback, args, context, this.debug())?;
         let handle = Py::new(py, Handle { core })?;
         // Allocated before the lock is taken (see `FdCallbacks::add_edge_reader`).
         let weak = match slot {
@@ -266,7 +298,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
     ) -> PyResult<Py<Handle>> {
         let no_args = PyTuple::empty(slf.py());
-        Self::add_fd_callback(slf, sock, callback, no_args, Slot::EdgeReader)
+        Self::add_fd_callback(slf, sock, callback, no_args, None, Slot::EdgeReader)
     }
 
     /// Removes `handle`, the edge reader a socket operation installed on `fd`, unless
@@ -282,6 +314,20 @@ impl LoopCore {
         }
         let fd = fd.into_pyobject(slf.py())?.into_any();
         Self::remove_fd_callback(slf, &fd, Slot::EdgeReader).map(drop)
+    }
+
+    /// Whether the program replaced `time()`, so the scheduler must ask it (see
+    /// [`clock`]).
+    pub(crate) fn clock_overridden(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let native_type = slf.py().get_type::<LoopCore>();
+        slf.get()
+            .clock_override
+            .is_overridden(slf.as_any(), &native_type)
+    }
+
+    /// `self.time()`: the native clock unless the program replaced it.
+    fn now(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        clock::now(slf.as_any(), Self::clock_overridden(slf)?)
     }
 
     fn schedule_at(
@@ -318,7 +364,11 @@ impl LoopCore {
 impl LoopCore {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         let io = IoDriver::new().map_err(os_error)?;
         let resolution = rustix::time::clock_getres(rustix::time::ClockId::Monotonic);
         let timers = TimerHeap::new();
@@ -336,6 +386,8 @@ impl LoopCore {
             watch_signals: AtomicBool::new(false),
             clock_resolution: resolution.tv_sec as f64 + resolution.tv_nsec as f64 * 1e-9,
             loop_keyword: Mutex::new(None),
+            clock_override: ClockOverride::default(),
+            version: VersionRules::of(py),
         })
     }
 
@@ -356,10 +408,11 @@ impl LoopCore {
             method: "call_soon",
             check_thread: true,
         };
-        Self::schedule_soon(slf, callback, args, context, checks)
+        Self::schedule_soon(slf, callback, args, context, checks, false)
     }
 
-    /// Like `call_soon`, callable from any thread; wakes the loop if it is sleeping.
+    /// Like `call_soon`, callable from any thread; wakes the loop if it is sleeping. On
+    /// 3.14+ the handle's `cancel()` is thread-safe, as there ([`ThreadSafeHandle`]).
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
@@ -371,7 +424,8 @@ impl LoopCore {
             method: "call_soon_threadsafe",
             check_thread: false,
         };
-        let handle = Self::schedule_soon(slf, callback, args, context, checks)?;
+        let thread_safe = slf.get().version.thread_safe_handles;
+        let handle = Self::schedule_soon(slf, callback, args, context, checks, thread_safe)?;
         slf.get()._write_to_self();
         Ok(handle)
     }
@@ -385,7 +439,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let when = deadline_after(monotonic(), delay)?;
+        let when = deadline_after(Self::now(slf)?, delay)?;
         Self::schedule_at(slf, when, callback, args, context, "call_at")
     }
 
@@ -413,36 +467,47 @@ impl LoopCore {
         }
     }
 
-    /// Wraps `coro` in an `asyncio.Task` on this loop. Without a task factory and outside
-    /// debug mode this is `tasks.Task(coro, loop=self, name=name, context=context)`
-    /// done natively; otherwise asyncio's own `BaseEventLoop.create_task` runs.
-    #[pyo3(signature = (coro, *, name=None, context=None))]
+    /// Wraps `coro` in an `asyncio.Task` on this loop. Without a task factory, outside
+    /// debug mode and with no keywords but `name` and `context`, this is
+    /// `tasks.Task(coro, loop=self, name=name, context=context)` done natively; otherwise
+    /// asyncio's own `BaseEventLoop.create_task` runs with exactly the keywords given, so
+    /// each version's rules hold: 3.14 passes any keyword (`eager_start`, ...) on to the
+    /// Task or the task factory, earlier versions refuse unknown ones.
+    #[pyo3(signature = (coro, **kwargs))]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,
-        name: Option<&Bound<'py, PyAny>>,
-        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         static TASK_KWNAMES: KwNames = KwNames::new(&["loop", "name", "context"]);
-        static METHOD_KWNAMES: KwNames = KwNames::new(&["name", "context"]);
         let py = slf.py();
-        let none = py.None().into_bound(py);
-        let name = name.unwrap_or(&none);
-        let context = context.unwrap_or(&none);
         let this = slf.get();
-        if this.debug() || !slf.getattr(pyo3::intern!(py, "_task_factory"))?.is_none() {
+        let mut name = None;
+        let mut context = None;
+        let mut other_keywords = false;
+        if let Some(kwargs) = kwargs {
+            for (key, value) in kwargs.iter() {
+                match key.cast::<PyString>().map(|k| k.to_cow()) {
+                    Ok(Ok(k)) if k == "name" => name = Some(value),
+                    Ok(Ok(k)) if k == "context" => context = Some(value),
+                    _ => other_keywords = true,
+                }
+            }
+        }
+        if other_keywords
+            || this.debug()
+            || !slf.getattr(pyo3::intern!(py, "_task_factory"))?.is_none()
+        {
             let base_create_task = BASE_EVENT_LOOP
                 .get(py)?
                 .getattr(pyo3::intern!(py, "create_task"))?;
-            return ffi::call_with_kwnames(
-                &base_create_task,
-                &[slf.as_any(), coro],
-                METHOD_KWNAMES.get(py)?,
-                &[name, context],
-            );
+            return base_create_task.call((slf, coro), kwargs);
         }
         this.check_closed()?;
         let task_type = TASKS_MODULE.get(py)?.getattr(pyo3::intern!(py, "Task"))?;
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or_else(|| none.clone());
+        let context = context.unwrap_or_else(|| none.clone());
         if name.is_none() && context.is_none() {
             if let Some(kwargs) = Self::loop_keyword(slf)? {
                 return task_type.call((coro,), Some(&kwargs));
@@ -452,32 +517,35 @@ impl LoopCore {
             &task_type,
             &[coro],
             TASK_KWNAMES.get(py)?,
-            &[slf.as_any(), name, context],
+            &[slf.as_any(), &name, &context],
         )
     }
 
-    /// Runs `callback(*args)` on every iteration while `fd` is readable; returns the
+    /// Runs `callback(*args)` on every iteration while `fd` is readable, in `context`
+    /// (default: a copy of the current one; 3.15's transports pass theirs); returns the
     /// handle (asyncio's `_add_reader`: the public `add_reader` adds the transport check).
-    #[pyo3(signature = (fd, callback, *args))]
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_fd_callback(slf, fd, callback, args, Slot::Reader)
+        Self::add_fd_callback(slf, fd, callback, args, context, Slot::Reader)
     }
 
-    /// Runs `callback(*args)` on every iteration while `fd` is writable; returns the
-    /// handle (asyncio's `_add_writer`).
-    #[pyo3(signature = (fd, callback, *args))]
+    /// Runs `callback(*args)` on every iteration while `fd` is writable, in `context`;
+    /// returns the handle (asyncio's `_add_writer`).
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_fd_callback(slf, fd, callback, args, Slot::Writer)
+        Self::add_fd_callback(slf, fd, callback, args, context, Slot::Writer)
     }
 
     /// Stops watching `fd` for reading; True if a reader was registered.
@@ -635,6 +703,29 @@ impl LoopCore {
         // Outside the locks: dropping handles may run finalizers that call back in.
         release_all(py, ready, timers);
         drop((fds, io, loop_keyword));
+    }
+
+    /// Attribute assignment as `object.__setattr__`, noting a `time` put on the
+    /// instance (`mock.patch.object(loop, "time")`): the scheduler then follows it.
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyString>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        ffi::generic_setattr(slf.as_any(), name, Some(value))?;
+        if name.to_str().is_ok_and(|name| name == "time") {
+            slf.get().clock_override.set_on_instance(true);
+        }
+        Ok(())
+    }
+
+    /// Attribute deletion as `object.__delattr__`; see `__setattr__`.
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>) -> PyResult<()> {
+        ffi::generic_setattr(slf.as_any(), name, None)?;
+        if name.to_str().is_ok_and(|name| name == "time") {
+            slf.get().clock_override.set_on_instance(false);
+        }
+        Ok(())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -19,7 +19,7 @@ use crate::ffi;
 use crate::py_cache::{format_callback_source, BASE_EVENTS_MODULE};
 
 use super::handle::{release_queued, CallbackCall, Handle};
-use super::{IoDriver, LoopCore, SIGNAL_TOKEN};
+use super::{clock, IoDriver, LoopCore, SIGNAL_TOKEN};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day at a time.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -45,22 +45,25 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
     let py = slf.py();
     let this = slf.get();
 
+    let clock_overridden = LoopCore::clock_overridden(slf)?;
     // Announce a possible sleep before looking at the ready queue, so that a concurrent
     // `call_soon_threadsafe` either sees the announcement or is seen by the check.
     io.poller.prepare_sleep();
-    let (removed, timeout) = {
+    let (removed, busy, next_when) = {
         let mut state = this.state();
         let removed = state.timers.tidy();
-        let timeout = if !state.ready.is_empty() || this.stopping() {
-            Some(Duration::ZERO)
-        } else {
-            state.timers.peek_when().map(|when| {
-                let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
-                // NaN (a NaN deadline) clamps to NaN: treat it as due now.
-                Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
-            })
-        };
-        (removed, timeout)
+        let busy = !state.ready.is_empty() || this.stopping();
+        (removed, busy, state.timers.peek_when())
+    };
+    let timeout = match next_when {
+        _ if busy => Some(Duration::ZERO),
+        None => None,
+        Some(when) => {
+            let now = clock::now(slf.as_any(), clock_overridden)?;
+            let secs = (when - now).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+            // NaN (a NaN deadline) clamps to NaN: treat it as due now.
+            Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO))
+        }
     };
     // Cancelled timers are released outside the lock: dropping runs finalizers.
     for timer in removed {
@@ -87,10 +90,17 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
         slf.call_method1(pyo3::intern!(py, "_process_self_data"), (data,))?;
     }
 
+    // A replaced clock is asked on every iteration, as asyncio's `_run_once` does; the
+    // native one only when a timer could be due.
+    let end_time = if clock_overridden {
+        Some(end_time_at(this, clock::now(slf.as_any(), true)?))
+    } else {
+        None
+    };
     let mut batch = {
         let mut state = this.state();
         if !state.timers.is_empty() {
-            let end_time = monotonic() + this.clock_resolution;
+            let end_time = end_time.unwrap_or_else(|| end_time_at(this, monotonic()));
             while let Some(timer) = state.timers.pop_due(end_time) {
                 state.ready.push(timer.0);
             }
@@ -116,6 +126,16 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
     }
     this.state().ready.recycle(batch);
     Ok(())
+}
+
+/// Timers due before this run now: `now` plus the clock's resolution (3.15: at least one
+/// float step, so the bound still grows where the resolution is below it).
+fn end_time_at(this: &LoopCore, now: f64) -> f64 {
+    if this.version.end_time_ulp {
+        now + this.clock_resolution.max(clock::ulp(now))
+    } else {
+        now + this.clock_resolution
+    }
 }
 
 /// Waits for I/O with the GIL released, then queues the reader/writer callbacks of the
@@ -163,7 +183,11 @@ fn poll(
 #[inline]
 fn run_handle(slf: &Bound<'_, LoopCore>, item: &Py<Handle>) -> PyResult<()> {
     let py = slf.py();
-    let Some(call) = item.get().core.call(py) else {
+    let core = &item.get().core;
+    // A thread-safe handle (3.14+) is locked for the whole run, error reporting included,
+    // as `_ThreadSafeHandle._run`; its cancellation is checked again under the lock.
+    let _running = core.lock_for_run(py);
+    let Some(call) = core.call(py) else {
         return Ok(());
     };
     match ffi::run_in_context(
