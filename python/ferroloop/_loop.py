@@ -191,9 +191,12 @@ class Loop(LoopCore, base_events.BaseEventLoop):
 
     # -- transports ----------------------------------------------------------------------
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+    def _make_socket_transport(
+        self, sock, protocol, waiter=None, *, extra=None, server=None, context=None
+    ):
+        # `context`: 3.15's, passed for every connection (see SocketTransport).
         self._ensure_fd_no_transport(sock)
-        return SocketTransport(self, sock, protocol, waiter, extra, server)
+        return SocketTransport(self, sock, protocol, waiter, extra, server, context)
 
     def _make_ssl_transport(
         self,
@@ -208,6 +211,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         server=None,
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+        context=None,
     ):
         # TLS is asyncio's SSLProtocol (a BufferedProtocol) over a plain socket transport,
         # so ssl.SSLContext objects and the stock handshake/shutdown logic apply as is.
@@ -222,7 +226,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
-        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server, context=context)
         return ssl_protocol._app_transport
 
     def _stop_serving(self, sock) -> None:

@@ -14,6 +14,7 @@ helpers (``loop.sendfile``, ``start_tls``) read.
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
 from asyncio import (
     base_events,
@@ -39,6 +40,9 @@ _SERVER_TRACKS_TRANSPORTS = len(inspect.signature(base_events.Server._attach).pa
 # 3.12+ socket transports have a writelines() of their own (3.11 inherits
 # WriteTransport's join-and-write), whose checks and messages differ.
 _OWN_WRITELINES = "writelines" in vars(selector_events._SelectorSocketTransport)
+# 3.14's writelines() drops and counts writes to a lost connection itself (3.12 and 3.13
+# leave the chunks queued there).
+_WRITELINES_COUNTS_LOST_WRITES = sys.version_info >= (3, 14)
 
 
 def _core_attribute(name: str, doc: str) -> property:
@@ -65,8 +69,12 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     _eof = _core_attribute("eof", "Set by write_eof().")
     _empty_waiter = _core_attribute("empty_waiter", "The future loop.sendfile() waits on.")
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, context=None):
         super().__init__(extra, loop)
+        # 3.15 runs every callback of a connection in one context (an accepted
+        # connection's is a copy of its server's); before, context is None and each
+        # callback runs in a copy of the context current when it was scheduled.
+        self._context = context
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -79,7 +87,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
                 self._extra["peername"] = None
         self._sock = sock
         self._sock_fd = sock.fileno()
-        self._core = SocketTransportCore(self, loop, self._sock_fd)
+        self._core = SocketTransportCore(self, loop, self._sock_fd, context)
         # The bound native methods, looked up once: user code calls write() per message
         # and StreamWriter.drain() calls is_closing() per drain.
         self.write = self._core.write
@@ -94,12 +102,12 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         # Disable Nagle: small writes go out without waiting for the peer's ACK.
         base_events._set_nodelay(sock)
 
-        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(protocol.connection_made, self, context=context)
         # Reading starts only after connection_made() ran.
-        loop.call_soon(self._add_reader, self._sock_fd, self._core._read_ready)
+        loop.call_soon(self._add_reader, self._sock_fd, self._core._read_ready, context=context)
         if waiter is not None:
             # And the waiter learns of the connection only after connection_made() too.
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None, context=context)
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
@@ -158,7 +166,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         # wins.
         if not self.is_reading():
             return
-        self._loop._add_reader(fd, callback, *args)
+        if self._context is None:
+            self._loop._add_reader(fd, callback, *args)
+        else:
+            self._loop._add_reader(fd, callback, *args, context=self._context)
 
     def _read_ready__on_eof(self) -> None:
         # Called by the core when the peer closed its sending side.
@@ -187,15 +198,25 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._core.write(data)
 
     def writelines(self, list_of_data) -> None:
-        if _OWN_WRITELINES:
-            # 3.12+ checks before joining, with messages of its own.
-            if self._eof:
-                raise RuntimeError("Cannot call writelines() after write_eof()")
-            if self._empty_waiter is not None:
-                raise RuntimeError("unable to writelines; sendfile is in progress")
-            if not list_of_data:
-                return
-        self.write(b"".join(list_of_data))
+        if not _OWN_WRITELINES:
+            self.write(b"".join(list_of_data))
+            return
+        # 3.12+ checks before joining, with messages of its own, and takes the chunks as
+        # memoryviews (so a non-buffer fails with memoryview's TypeError).
+        if self._eof:
+            raise RuntimeError("Cannot call writelines() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to writelines; sendfile is in progress")
+        if not list_of_data:
+            return
+        if _WRITELINES_COUNTS_LOST_WRITES and self._conn_lost:
+            # 3.14 drops (and counts) a writelines() to a lost connection before looking
+            # at the chunks, as write() does.
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        self.write(b"".join([memoryview(data) for data in list_of_data]))
 
     def write_eof(self) -> None:
         if self._closing or self._eof:
@@ -237,7 +258,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if not self.get_write_buffer_size():
             self._conn_lost += 1
             self._loop._remove_writer(self._sock_fd)
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._loop.call_soon(self._call_connection_lost, None, context=self._context)
 
     def abort(self) -> None:
         """Close at once, dropping queued bytes; connection_lost(None) follows."""
@@ -269,7 +290,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._closing = True
             self._loop._remove_reader(self._sock_fd)
         self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
 
     def _call_connection_lost(self, exc) -> None:
         try:

@@ -15,7 +15,8 @@ use std::os::fd::RawFd;
 use ferroloop_reactor::stream_io;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{IntoPyDict, PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -126,6 +127,30 @@ pub struct SocketTransportCore {
     /// The future `loop.sendfile()` waits on for the queue to drain.
     #[pyo3(get, set)]
     empty_waiter: Option<Py<PyAny>>,
+    /// 3.15: the `contextvars.Context` the connection's callbacks run in (the writer
+    /// callback too); `None` before 3.15, where each registration copies the current one.
+    context: Option<Py<PyAny>>,
+}
+
+/// What asyncio's socket transports do differently between the Python versions
+/// ferroloop runs on, decided once per process.
+struct TransportVersionRules {
+    /// 3.14+: `write()`'s TypeError names the accepted types.
+    bytes_types_in_message: bool,
+    /// 3.14+: a drained queue completes a `close()` only if the connection was not
+    /// already lost meanwhile.
+    lose_connection_once: bool,
+}
+
+fn version_rules(py: Python<'_>) -> &'static TransportVersionRules {
+    static RULES: PyOnceLock<TransportVersionRules> = PyOnceLock::new();
+    RULES.get_or_init(py, || {
+        let newer = py.version_info() >= (3, 14);
+        TransportVersionRules {
+            bytes_types_in_message: newer,
+            lose_connection_once: newer,
+        }
+    })
 }
 
 fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
@@ -257,7 +282,17 @@ impl SocketTransportCore {
         };
         if watch {
             let callback = slf.getattr(intern!(py, "_write_ready"))?;
-            event_loop.call_method1(py, intern!(py, "_add_writer"), (fd, callback))?;
+            let context = slf.borrow().context.as_ref().map(|c| c.clone_ref(py));
+            let kwargs = match context {
+                Some(context) => Some([(intern!(py, "context"), context)].into_py_dict(py)?),
+                None => None,
+            };
+            event_loop.call_method(
+                py,
+                intern!(py, "_add_writer"),
+                (fd, callback),
+                kwargs.as_ref(),
+            )?;
         } else {
             event_loop.call_method1(py, intern!(py, "_remove_writer"), (fd,))?;
         }
@@ -268,7 +303,13 @@ impl SocketTransportCore {
 #[pymethods]
 impl SocketTransportCore {
     #[new]
-    fn new(transport: Py<PyAny>, event_loop: Py<PyAny>, fd: RawFd) -> Self {
+    #[pyo3(signature = (transport, event_loop, fd, context=None))]
+    fn new(
+        transport: Py<PyAny>,
+        event_loop: Py<PyAny>,
+        fd: RawFd,
+        context: Option<Py<PyAny>>,
+    ) -> Self {
         SocketTransportCore {
             fd,
             transport: Some(transport),
@@ -280,6 +321,7 @@ impl SocketTransportCore {
             closing: false,
             eof: false,
             empty_waiter: None,
+            context,
         }
     }
 
@@ -329,8 +371,13 @@ impl SocketTransportCore {
             || data.is_instance_of::<PyMemoryView>())
         {
             let name = data.get_type().name()?;
+            let expected = if version_rules(py).bytes_types_in_message {
+                "a bytes, bytearray, or memoryview object"
+            } else {
+                "a bytes-like object"
+            };
             return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
+                "data argument must be {expected}, not {}",
                 name.repr()?
             )));
         }
@@ -491,7 +538,14 @@ impl SocketTransportCore {
                 if closing {
                     // Counted as lost, as a close() with nothing queued counts it, so later
                     // writes are dropped (and warned about) the same way. Stock 3.11-3.13
-                    // skip this count and fail with an AttributeError on such writes.
+                    // skip this count and fail with an AttributeError on such writes; they
+                    // also lose the connection a second time (an AttributeError in the
+                    // exception handler) when the protocol's resume_writing() closed the
+                    // transport just now, which 3.14 no longer does (CPython gh-156512).
+                    let already_lost = slf.borrow().conn_lost > 0;
+                    if already_lost && version_rules(py).lose_connection_once {
+                        return Ok(());
+                    }
                     slf.borrow_mut().conn_lost += 1;
                     transport.call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
                 } else if eof {
@@ -530,6 +584,7 @@ impl SocketTransportCore {
         self.protocol = None;
         self.transport = None;
         self.event_loop = None;
+        self.context = None;
         self.pending.clear();
     }
 
@@ -538,6 +593,7 @@ impl SocketTransportCore {
         visit.call(&self.event_loop)?;
         visit.call(&self.protocol)?;
         visit.call(&self.empty_waiter)?;
+        visit.call(&self.context)?;
         Ok(())
     }
 
@@ -546,5 +602,6 @@ impl SocketTransportCore {
         self.event_loop = None;
         self.protocol = None;
         self.empty_waiter = None;
+        self.context = None;
     }
 }
