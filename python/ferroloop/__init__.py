@@ -1,18 +1,23 @@
 """ferroloop: a drop-in asyncio event loop written in Rust.
 
-Three ways to use it::
+Use it as::
 
     asyncio.run(main(), loop_factory=ferroloop.new_event_loop)   # Python 3.12+
-    ferroloop.run(main())
-    ferroloop.install(); asyncio.run(main())
+    ferroloop.run(main())                                         # any version
 
 or, for an unchanged program: ``python -m ferroloop script.py [args...]``.
+
+``ferroloop.install()`` and ``ferroloop.EventLoopPolicy`` work wherever asyncio still has
+event loop policies. Python 3.14 deprecated policies (3.16 removes them), so there they
+warn as asyncio's own policy API does; they are resolved lazily, so that importing
+ferroloop touches no deprecated name on any version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import warnings
 from asyncio import events
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -20,30 +25,20 @@ from typing import Any, TypeVar
 from ._ferroloop import Handle, TimerHandle
 from ._loop import Loop
 
-__all__ = ["EventLoopPolicy", "Handle", "Loop", "TimerHandle", "install", "new_event_loop", "run"]
+__all__ = ["Handle", "Loop", "TimerHandle", "new_event_loop", "run"]
+if sys.version_info < (3, 14):
+    __all__ += ["EventLoopPolicy", "install"]
 __version__ = "0.1.0"
 
 _T = TypeVar("_T")
+
+# 3.14 deprecated the policy API and 3.16 removes it.
+_POLICIES_DEPRECATED = sys.version_info >= (3, 14)
 
 
 def new_event_loop() -> Loop:
     """Return a new ferroloop event loop."""
     return Loop()
-
-
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-    """asyncio's default policy, except that new loops are ferroloop loops."""
-
-    _loop_factory = Loop
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__}>"
-
-
-def install() -> None:
-    """Make ferroloop the loop that ``asyncio.run``, ``asyncio.new_event_loop`` and
-    ``asyncio.Runner`` create, by installing :class:`EventLoopPolicy`."""
-    asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
 def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
@@ -55,3 +50,40 @@ def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
         raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)
+
+
+def install() -> None:
+    """Make ferroloop the loop that ``asyncio.run``, ``asyncio.new_event_loop`` and
+    ``asyncio.Runner`` create, by installing :class:`EventLoopPolicy`.
+
+    Deprecated on Python 3.14+, as asyncio's policies are: use ``ferroloop.run()`` or
+    ``asyncio.run(main(), loop_factory=ferroloop.new_event_loop)``.
+    """
+    if _POLICIES_DEPRECATED:
+        warnings._deprecated("ferroloop.install", remove=(3, 16))
+    _install_policy()
+
+
+def _install_policy() -> None:
+    """install() without the deprecation warning, for ``python -m ferroloop``."""
+    from ._policy import policy_class
+
+    setter = getattr(events, "_set_event_loop_policy", None) or asyncio.set_event_loop_policy
+    setter(policy_class()())
+
+
+def __getattr__(name: str):
+    # EventLoopPolicy subclasses asyncio's default policy, a name 3.14 deprecates and
+    # 3.16 removes: it is made on first use, and warns on every use on 3.14+, as
+    # `asyncio.DefaultEventLoopPolicy` does.
+    if name == "EventLoopPolicy":
+        if _POLICIES_DEPRECATED:
+            warnings._deprecated("ferroloop.EventLoopPolicy", remove=(3, 16))
+        from ._policy import policy_class
+
+        return policy_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "EventLoopPolicy"})

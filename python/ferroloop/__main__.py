@@ -11,7 +11,7 @@ import os
 import runpy
 import sys
 
-from . import install
+from . import _install_policy
 
 USAGE = "usage: python -m ferroloop SCRIPT.py [args...] | -m MODULE [args...]"
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not args else sys.stdout)
         return 2 if not args else 0
-    install()
+    _install_policy()
     if args[0] == "-m":
         if len(args) < 2:
             print(USAGE, file=sys.stderr)
