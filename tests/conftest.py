@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from typing import NoReturn
 
 import pytest
 
@@ -160,6 +161,15 @@ def no_error_logs(caplog):
 
 def _allow_missing() -> bool:
     return os.environ.get("FERROLOOP_ALLOW_MISSING") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """What a test needs from the machine (a server's binaries, a data file) is missing:
+    skip it, except under ``CI=true``, where it fails, so that CI cannot pass without
+    having run it. ``make test`` installs what it can (scripts/install-test-servers)."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (required when CI=true)", pytrace=False)
+    pytest.skip(reason)
 
 
 def import_ferroloop():

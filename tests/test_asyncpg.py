@@ -55,7 +55,7 @@ import asyncpg
 import asyncpg.exceptions
 import conftest
 import pytest
-from conftest import check_loop, check_module, loop_module
+from conftest import check_loop, check_module, loop_module, unavailable
 
 # Upper bound for one test's asynchronous part (a hang must fail, not block CI).  It is
 # shorter than the pg_sleep(60) queries below, so a cancellation that does not reach the
@@ -164,7 +164,7 @@ def as_server_account() -> tuple[list[str], dict, pwd.struct_passwd | None]:
         try:
             account = pwd.getpwnam(PG_ACCOUNT)
         except KeyError:
-            pytest.skip(
+            unavailable(
                 f"running as root, and there is no {PG_ACCOUNT!r} system user to run "
                 "PostgreSQL as (it refuses to run as root; Debian's postgresql package "
                 "creates that user)"
@@ -240,7 +240,7 @@ def postgres():
     removed afterwards."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip(
+        unavailable(
             "no PostgreSQL server binaries (initdb, postgres) on PATH or in "
             "/usr/lib/postgresql/*/bin: install Debian's postgresql package"
         )
@@ -248,7 +248,7 @@ def postgres():
     if not os.access(pg_isready, os.X_OK):
         pg_isready = shutil.which("pg_isready")
     if pg_isready is None:
-        pytest.skip("no pg_isready: install Debian's postgresql-client package")
+        unavailable("no pg_isready: install Debian's postgresql-client package")
     prefix, popen_args, account = as_server_account()
     version = subprocess.run(
         [os.path.join(bin_dir, "postgres"), "--version"],

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import sys
 import textwrap
 import xml.etree.ElementTree as ET
 
@@ -269,6 +270,12 @@ POLICY_FIXTURE_DEPRECATION = (
 )
 
 
+# asyncio's (and ferroloop's) deprecation of the policy API, 3.14+.
+POLICY_API_DEPRECATION = (
+    "ignore:.* is deprecated and slated for removal in Python 3.16:DeprecationWarning"
+)
+
+
 @pytest.mark.parametrize("configuration", list(CONFTESTS))
 def test_pytest_asyncio_module(loop_kind, run_python, tmp_path, configuration):
     """Every test of the unchanged module passes, on the loop under test."""
@@ -277,6 +284,11 @@ def test_pytest_asyncio_module(loop_kind, run_python, tmp_path, configuration):
     ini = CHILD_INI
     if configuration == "event_loop_policy_fixture":
         ini += f"    {POLICY_FIXTURE_DEPRECATION}\n"
+        if sys.version_info >= (3, 14):
+            # The fixture hands pytest-asyncio a policy, an API 3.14 deprecates: the
+            # fixture's asyncio.DefaultEventLoopPolicy / ferroloop.EventLoopPolicy and
+            # the plugin's set_event_loop_policy() calls warn, on both loops alike.
+            ini += f"    {POLICY_API_DEPRECATION}\n"
     (project / "pytest.ini").write_text(ini)
     conftest_source = CONFTESTS[configuration][loop_kind]
     if conftest_source is not None:

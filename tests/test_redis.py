@@ -45,7 +45,7 @@ import time
 
 import conftest
 import pytest
-from conftest import check_loop, check_module
+from conftest import check_loop, check_module, unavailable
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install redis)")
 aioredis = pytest.importorskip("redis.asyncio", reason="redis-py has no redis.asyncio")
@@ -172,7 +172,7 @@ def redis_server():
     afterwards."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("no redis-server on PATH: install Debian's redis-server package")
+        unavailable("no redis-server on PATH: install Debian's redis-server package")
     version = subprocess.run(
         [binary, "--version"], capture_output=True, text=True, check=True, timeout=30
     ).stdout
