@@ -1,61 +1,51 @@
 # ferroloop — every target sets up what it needs (venv, dependencies, build) by itself.
 # `make help` lists the targets.
 
-PYTHON ?= $(shell scripts/find-python 3.11)
-VENV ?= .venv
+# Every supported CPython; `make test` builds and tests on each (asyncio differs
+# between them). 3.11 is the primary one (demo, benchmarks, lint tools).
+PYTHONS ?= 3.11 3.12 3.13 3.14 3.15
+# How many versions are tested side by side (each runs its pytest suite, then CPython's
+# suite with CONFORMANCE_JOBS processes).
+TEST_JOBS ?= 2
+VENV := .venv
 PY := $(VENV)/bin/python
-TEST_REQUIREMENTS := requirements-test.txt
-# The other interpreters CI builds and tests on (asyncio differs between them).
-EXTRA_PYTHONS ?= 3.12 3.13
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test venv build test-rust test-py test-other-pythons conformance bench bench-echo bench-http lint fmt clean
+.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-http lint fmt clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_%.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 demo: build ## Set up, then run the demo program on ferroloop and the micro-benchmark table
 	$(PY) examples/demo.py
 	$(PY) benchmarks/micro.py
 
-test: build test-rust lint test-py conformance test-other-pythons ## Set up, then run every test (Rust, lint, pytest and CPython's asyncio suite on 3.11/3.12/3.13)
+test: test-rust lint test-servers test-pythons ## Set up, then run every test: Rust, lint, pytest and CPython's asyncio suite on 3.11-3.15
 
-# Re-runs (pip skips what is installed) whenever the requirements change.
-$(VENV)/.ready: $(TEST_REQUIREMENTS)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r $(TEST_REQUIREMENTS)
-	touch $@
+venv: ## Create the 3.11 virtualenv with the build and test tools
+	scripts/test-python 3.11 venv
 
-venv: $(VENV)/.ready ## Create the 3.11 virtualenv with the build and test tools
-
-build: venv ## Release build of the extension into the venv
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
+build: ## Release build of the extension into the 3.11 venv
+	scripts/test-python 3.11 build
 
 test-rust: ## cargo tests of the Python-free reactor
 	cargo test -q -p ferroloop-reactor
 
+test-servers: ## Install the servers the tests start (redis-server, postgresql) if missing
+	scripts/install-test-servers
+
 test-py: build ## pytest suite (each behaviour on ferroloop and stock asyncio) on 3.11
-	$(PY) -m pytest -q
+	scripts/test-python 3.11 pytest
 
-test-other-pythons: ## Build, then run pytest and the conformance gate on the other interpreters
-	@set -e; for v in $(EXTRA_PYTHONS); do \
-	  py=$$(scripts/find-python $$v) || { echo "Python $$v not found"; exit 1; }; \
-	  venv=.venv-$$v; \
-	  if [ ! -f $$venv/.ready ] || [ $(TEST_REQUIREMENTS) -nt $$venv/.ready ]; then \
-	    { [ -x $$venv/bin/python ] || $$py -m venv $$venv; } && \
-	    $$venv/bin/python -m pip install -q --upgrade pip && \
-	    $$venv/bin/python -m pip install -q -r $(TEST_REQUIREMENTS) && touch $$venv/.ready; \
-	  fi; \
-	  echo "== Python $$v"; \
-	  VIRTUAL_ENV=$(CURDIR)/$$venv $$venv/bin/maturin develop --release -q && \
-	  $$venv/bin/python -m pytest -q && \
-	  $$venv/bin/python tests/conformance/run.py --compare-stock --require-core; \
-	done
+test-pythons: ## Build, pytest and the conformance gate on every version in PYTHONS, TEST_JOBS at a time
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target $(addprefix test-python-,$(PYTHONS))
 
-conformance: build ## CPython's test_asyncio on ferroloop vs stock; fails if any test passing on stock fails
-	$(PY) tests/conformance/run.py --compare-stock --require-core
+test-python-%: ## Build, pytest and the conformance gate on one version, e.g. test-python-3.14
+	scripts/test-python $*
+
+conformance: build ## CPython's test_asyncio on ferroloop vs stock (3.11); fails if any test passing on stock fails
+	scripts/test-python 3.11 conformance
 
 bench: build ## Micro-benchmark table: ferroloop / uvloop / asyncio, interleaved
 	$(PY) benchmarks/micro.py
@@ -77,6 +67,6 @@ fmt: venv ## Format Rust and Python sources
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests benchmarks examples
 
-clean: ## Remove build output and virtualenvs
+clean: ## Remove build output and virtualenvs (not the unpacked 3.14/3.15 in .cache)
 	cargo clean
 	rm -rf $(VENV) .venv-3.* python/ferroloop/*.so
