@@ -16,7 +16,12 @@ use pyo3::prelude::*;
 
 /// The native part of ferroloop. `ferroloop.Loop` (Python) subclasses [`LoopCore`] and
 /// `asyncio.BaseEventLoop`.
-#[pymodule(gil_used = false)]
+///
+/// `gil_used = true`: a free-threaded interpreter keeps the GIL enabled for this module.
+/// Parts of the loop rely on the GIL for more than memory safety (reference counts read
+/// as exact, objects untracked from the collector while queued, a type's version tag
+/// read plainly); docs/architecture.md lists them.
+#[pymodule(gil_used = true)]
 mod _ferroloop {
     use pyo3::prelude::*;
 
