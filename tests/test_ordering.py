@@ -7,6 +7,7 @@ import asyncio
 import random
 import sys
 import time
+from unittest import mock
 
 import pytest
 
@@ -209,21 +210,33 @@ def test_identical_deadlines_all_fire_together_before_later_ones(loop):
     """Timers with an identical call_at deadline all fire in the same iteration (a call_soon
     made by the first of them runs after all of them), before any later deadline.
     (Stock does NOT keep scheduling order among exactly-equal deadlines: its heap is not
-    stable, so only the set is pinned.)"""
+    stable, so only the set is pinned.) A fake clock steps time, so a busy machine cannot
+    make the later deadline due in the same iteration."""
     out = []
-    when = loop.time() + 0.02
+    start = loop.time()
+    elapsed = [0.0]
+    when = start + 0.02
 
     def fire(i):
         if not out:
             loop.call_soon(out.append, "next-iteration")
         out.append(i)
 
-    loop.call_at(when + 0.01, out.append, "later")
-    for i in range(20):
-        loop.call_at(when, fire, i)
-    loop.call_at(when + 0.03, loop.stop)
-    loop.run_forever()
-    assert sorted(out[:20]) == list(range(20))
+    def iteration():
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+
+    with mock.patch.object(loop, "time", side_effect=lambda: start + elapsed[0]):
+        loop.call_at(when + 0.01, out.append, "later")
+        for i in range(20):
+            loop.call_at(when, fire, i)
+        elapsed[0] = 0.02
+        iteration()
+        assert sorted(out) == list(range(20))
+        iteration()
+        assert out[20:] == ["next-iteration"]
+        elapsed[0] = 0.03
+        iteration()
     assert out[20:] == ["next-iteration", "later"]
 
 
