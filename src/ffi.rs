@@ -99,31 +99,18 @@ pub fn call_with_kwnames<'py>(
     }
 }
 
-/// `object.__setattr__(obj, name, value)`, or `object.__delattr__(obj, name)` when
-/// `value` is `None`: the generic attribute protocol (data descriptors, then the
-/// instance dict), for a type that hooks `__setattr__` only to watch some names.
-pub fn generic_setattr(
-    obj: &Bound<'_, PyAny>,
-    name: &Bound<'_, PyString>,
-    value: Option<&Bound<'_, PyAny>>,
-) -> PyResult<()> {
-    let value = value.map_or(std::ptr::null_mut(), Bound::as_ptr);
-    // SAFETY: `obj` and `name` (a str) are valid for the call; a NULL value asks for a
-    // deletion, as the C API documents. Returns 0, or -1 with an exception set.
-    if unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value) } < 0 {
-        return Err(PyErr::fetch(obj.py()));
-    }
-    Ok(())
-}
-
-/// The type's attribute-cache version tag: it changes (or drops to 0) whenever the type
-/// or one of its bases is modified, so a result derived from a lookup on the type stays
-/// valid for as long as the tag is the same non-zero value.
+/// The address of `obj`'s type and that type's attribute-cache version tag. The tag
+/// changes (or drops to 0) whenever the type or one of its bases is modified, so a
+/// result derived from a lookup on the type stays valid while the type and tag stay the
+/// same (a non-zero tag).
 #[inline]
-pub fn type_version_tag(ty: &Bound<'_, pyo3::types::PyType>) -> u32 {
-    // SAFETY: `ty` is a live type object; the field is a plain integer that CPython
-    // only changes with the GIL held, which we hold.
-    unsafe { (*ty.as_type_ptr()).tp_version_tag }
+pub fn type_and_version_tag(obj: &Bound<'_, PyAny>) -> (usize, u32) {
+    // SAFETY: `obj` is alive, so is its type (an object holds a reference to it); the
+    // tag is a plain integer that CPython changes only with the GIL held, which we hold.
+    unsafe {
+        let ty = ffi::Py_TYPE(obj.as_ptr());
+        (ty as usize, (*ty).tp_version_tag)
+    }
 }
 
 /// An interned tuple of keyword names, built once per call site.

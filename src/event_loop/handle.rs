@@ -61,12 +61,13 @@ pub(crate) struct HandleCore {
     /// loop may untrack it while the handle is queued (see [`untrack_queued`]). Handles
     /// given a context (every task step) skip that bookkeeping.
     private_context: bool,
+    /// The core of a [`ThreadSafeHandle`], whose lock is taken while the callback runs
+    /// and by `cancel()`/`cancelled()`. (The lock lives in the subclass, so the common
+    /// handle stays as small as it was.)
+    thread_safe: bool,
     /// Present only for handles created in debug mode; boxed so that the common case
     /// costs one pointer per handle.
     debug: Option<Box<DebugInfo>>,
-    /// Present only for [`ThreadSafeHandle`]s: held while the callback runs, and by
-    /// `cancel()`/`cancelled()`.
-    run_lock: Option<Box<RunLock>>,
 }
 
 /// What debug mode records about a handle.
@@ -101,22 +102,14 @@ impl HandleCore {
                     cancelled_repr: OnceLock::new(),
                 })
             }),
-            run_lock: None,
+            thread_safe: false,
         }
     }
 
-    /// The same handle, made thread-safe as 3.14's `_ThreadSafeHandle` (see
-    /// [`RunLock`]).
-    pub(crate) fn thread_safe(mut self) -> Self {
-        self.run_lock = Some(Box::default());
-        self
-    }
-
-    /// For a thread-safe handle, its lock, taken (the loop holds it while running the
-    /// callback, so that another thread's `cancel()` waits for the callback to end).
+    /// Whether this is a [`ThreadSafeHandle`]'s core.
     #[inline]
-    pub(crate) fn lock_for_run(&self, py: Python<'_>) -> Option<RunLockGuard<'_>> {
-        self.run_lock.as_ref().map(|lock| lock.acquire(py))
+    pub(crate) fn is_thread_safe(&self) -> bool {
+        self.thread_safe
     }
 
     fn refs(&self) -> MutexGuard<'_, CallbackRefs> {
@@ -148,7 +141,13 @@ impl HandleCore {
     /// Marks the handle cancelled and drops its callback and arguments. Returns false if
     /// it already was cancelled.
     fn cancel(&self, handle: &Bound<'_, PyAny>) -> bool {
-        let _running = self.lock_for_run(handle.py());
+        let thread_safe = handle
+            .cast::<ThreadSafeHandle>()
+            .ok()
+            .filter(|_| self.thread_safe);
+        let _running = thread_safe
+            .as_ref()
+            .map(|h| h.get().run_lock.acquire(handle.py()));
         if self.cancelled.load(Ordering::Acquire) {
             return false;
         }
@@ -284,9 +283,15 @@ impl Handle {
     }
 
     /// True if the call was cancelled.
-    fn cancelled(&self, py: Python<'_>) -> bool {
-        let _running = self.core.lock_for_run(py);
-        self.core.is_cancelled()
+    fn cancelled(slf: &Bound<'_, Self>) -> bool {
+        let core = &slf.get().core;
+        if core.thread_safe {
+            if let Ok(handle) = slf.cast::<ThreadSafeHandle>() {
+                let _running = handle.get().run_lock.acquire(slf.py());
+                return core.is_cancelled();
+            }
+        }
+        core.is_cancelled()
     }
 
     /// The `contextvars.Context` the callback runs in.
@@ -340,16 +345,26 @@ impl Handle {
 /// code expect, through `__class__` (the protocol `isinstance` falls back on for
 /// proxies); `type(handle)` is this class.
 #[pyclass(module = "ferroloop._ferroloop", frozen, extends = Handle)]
-pub struct ThreadSafeHandle;
+pub struct ThreadSafeHandle {
+    run_lock: RunLock,
+}
 
 impl ThreadSafeHandle {
-    /// Creates the handle; `core` (made thread-safe here) becomes its `Handle` part.
-    pub(crate) fn create(py: Python<'_>, core: HandleCore) -> PyResult<Py<Handle>> {
-        let init = PyClassInitializer::from(Handle {
-            core: core.thread_safe(),
-        })
-        .add_subclass(ThreadSafeHandle);
+    /// Creates the handle; `core` (marked thread-safe here) becomes its `Handle` part.
+    pub(crate) fn create(py: Python<'_>, mut core: HandleCore) -> PyResult<Py<Handle>> {
+        core.thread_safe = true;
+        let init = PyClassInitializer::from(Handle { core }).add_subclass(ThreadSafeHandle {
+            run_lock: RunLock::default(),
+        });
         Ok(Bound::new(py, init)?.into_super().unbind())
+    }
+
+    /// Takes the handle's lock for running its callback, if `handle` is thread-safe
+    /// (another thread's `cancel()` then waits for the callback to end).
+    #[inline]
+    pub(crate) fn lock_for_run<'a>(handle: &'a Bound<'_, Handle>) -> Option<RunLockGuard<'a>> {
+        let handle = handle.cast::<ThreadSafeHandle>().ok()?;
+        Some(handle.get().run_lock.acquire(handle.py()))
     }
 }
 

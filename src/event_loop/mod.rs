@@ -20,7 +20,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ferroloop_reactor::{monotonic, Poller, PollerEvents, ReadyQueue, SignalPipe, TimerHeap};
+use ferroloop_reactor::{Poller, PollerEvents, ReadyQueue, SignalPipe, TimerHeap};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyWeakrefReference};
@@ -318,11 +318,11 @@ impl LoopCore {
 
     /// Whether the program replaced `time()`, so the scheduler must ask it (see
     /// [`clock`]).
+    #[inline]
     pub(crate) fn clock_overridden(slf: &Bound<'_, Self>) -> PyResult<bool> {
-        let native_type = slf.py().get_type::<LoopCore>();
         slf.get()
             .clock_override
-            .is_overridden(slf.as_any(), &native_type)
+            .is_overridden(slf.as_any(), || slf.py().get_type::<LoopCore>())
     }
 
     /// `self.time()`: the native clock unless the program replaced it.
@@ -391,9 +391,11 @@ impl LoopCore {
         })
     }
 
-    /// `loop.time()`: `time.monotonic()`'s clock.
-    fn time(&self) -> f64 {
-        monotonic()
+    /// `loop.time`: `time.monotonic()`'s clock, unless a program put its own `time` on
+    /// the loop (see [`clock`]).
+    #[classattr]
+    fn time() -> clock::TimeAttribute {
+        clock::TimeAttribute
     }
 
     /// Schedules `callback(*args)` for the next iteration.
@@ -705,29 +707,6 @@ impl LoopCore {
         drop((fds, io, loop_keyword));
     }
 
-    /// Attribute assignment as `object.__setattr__`, noting a `time` put on the
-    /// instance (`mock.patch.object(loop, "time")`): the scheduler then follows it.
-    fn __setattr__(
-        slf: &Bound<'_, Self>,
-        name: &Bound<'_, PyString>,
-        value: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        ffi::generic_setattr(slf.as_any(), name, Some(value))?;
-        if name.to_str().is_ok_and(|name| name == "time") {
-            slf.get().clock_override.set_on_instance(true);
-        }
-        Ok(())
-    }
-
-    /// Attribute deletion as `object.__delattr__`; see `__setattr__`.
-    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>) -> PyResult<()> {
-        ffi::generic_setattr(slf.as_any(), name, None)?;
-        if name.to_str().is_ok_and(|name| name == "time") {
-            slf.get().clock_override.set_on_instance(false);
-        }
-        Ok(())
-    }
-
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Ok(state) = self.state.try_lock() {
             for handle in state.ready.iter() {
@@ -741,6 +720,7 @@ impl LoopCore {
         if let Ok(loop_keyword) = self.loop_keyword.try_lock() {
             visit.call(&*loop_keyword)?;
         }
+        self.clock_override.traverse(&visit)?;
         Ok(())
     }
 
@@ -756,6 +736,7 @@ impl LoopCore {
             )
         };
         let loop_keyword = lock(&self.loop_keyword).take();
-        drop((ready, timers, fds, loop_keyword));
+        let replaced_time = self.clock_override.take_replacement();
+        drop((ready, timers, fds, loop_keyword, replaced_time));
     }
 }

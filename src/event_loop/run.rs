@@ -18,7 +18,7 @@ use crate::errors::os_error;
 use crate::ffi;
 use crate::py_cache::{format_callback_source, BASE_EVENTS_MODULE};
 
-use super::handle::{release_queued, CallbackCall, Handle};
+use super::handle::{release_queued, CallbackCall, Handle, ThreadSafeHandle};
 use super::{clock, IoDriver, LoopCore, SIGNAL_TOKEN};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: never sleep longer than a day at a time.
@@ -182,12 +182,22 @@ fn poll(
 /// loop's exception handler, as in `asyncio.Handle._run`.
 #[inline]
 fn run_handle(slf: &Bound<'_, LoopCore>, item: &Py<Handle>) -> PyResult<()> {
+    if item.get().core.is_thread_safe() {
+        // Locked for the whole run, error reporting included, as
+        // `_ThreadSafeHandle._run`; its cancellation is checked again under the lock.
+        let handle = item.bind(slf.py());
+        let _running = ThreadSafeHandle::lock_for_run(handle);
+        run_unlocked(slf, item)
+    } else {
+        run_unlocked(slf, item)
+    }
+}
+
+/// Runs one ready handle whose lock, if it has one, is held.
+#[inline]
+fn run_unlocked(slf: &Bound<'_, LoopCore>, item: &Py<Handle>) -> PyResult<()> {
     let py = slf.py();
-    let core = &item.get().core;
-    // A thread-safe handle (3.14+) is locked for the whole run, error reporting included,
-    // as `_ThreadSafeHandle._run`; its cancellation is checked again under the lock.
-    let _running = core.lock_for_run(py);
-    let Some(call) = core.call(py) else {
+    let Some(call) = item.get().core.call(py) else {
         return Ok(());
     };
     match ffi::run_in_context(
