@@ -119,11 +119,11 @@ def _pidfd_readable(loop, pid: int, pidfd: int, transp) -> None:
     try:
         reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        # Someone else reaped it (a waitpid() elsewhere in the program).
-        reaped, returncode = pid, 255
-        logger.warning(
-            "child process pid %d exit status already read:  will report returncode 255",
+        reaped = pid
+        returncode = _reaped_elsewhere(
+            transp,
             pid,
+            "child process pid %d exit status already read:  will report returncode 255",
         )
     except BaseException:
         # Anything else still ends the watch, as stock's watcher does: the error goes to
@@ -136,6 +136,18 @@ def _pidfd_readable(loop, pid: int, pidfd: int, transp) -> None:
         returncode = os.waitstatus_to_exitcode(status)
     _forget(loop, pidfd)
     loop._child_watcher_callback(reaped, returncode, transp)
+
+
+def _reaped_elsewhere(transp, pid: int, warning: str) -> int:
+    proc = transp._proc if transp is not None else None
+    if proc is not None and proc.returncode is not None:
+        # The Popen reaped the child itself: its poll(), which 3.11/3.12's send_signal()
+        # calls first (gh-87744), or a wait() on get_extra_info("subprocess"). The status
+        # it read is the real one; stock reports 255 here when its watcher comes second.
+        return proc.returncode
+    # Someone else read the status (a waitpid() elsewhere in the program).
+    logger.warning(warning, pid)
+    return 255
 
 
 def _forget(loop, pidfd: int) -> None:
@@ -172,21 +184,22 @@ def _wait_in_thread(loop, pid: int, transp) -> None:
             return
         except RuntimeError:
             pass  # The loop closed meanwhile.
-    _reap(loop, pid)
+    _reap(loop, pid, None)
     logger.warning("Loop %r that handles pid %r is closed", loop, pid)
 
 
 def _reap_and_publish(loop, pid: int, transp) -> None:
-    returncode = _reap(loop, pid)
+    returncode = _reap(loop, pid, transp)
     loop._child_watcher_callback(pid, returncode, transp)
 
 
-def _reap(loop, pid: int) -> int:
+def _reap(loop, pid: int, transp) -> int:
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
-        logger.warning("Unknown child process pid %d, will report returncode 255", pid)
-        return 255
+        return _reaped_elsewhere(
+            transp, pid, "Unknown child process pid %d, will report returncode 255"
+        )
     returncode = os.waitstatus_to_exitcode(status)
     if loop.get_debug():
         logger.debug("process %s exited with returncode %s", pid, returncode)
