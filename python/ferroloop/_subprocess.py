@@ -94,8 +94,17 @@ def loop_closed(loop) -> None:
     children, loop._child_pidfds = loop._child_pidfds, {}
     for pidfd, pid in children.items():
         os.close(pidfd)
-        if _REAP_AFTER_CLOSE:
+        if _REAP_AFTER_CLOSE and _is_child(pid):
             _start_thread(loop, pid, None)
+
+
+def _is_child(pid: int) -> bool:
+    # False in a forked process closing the loop it inherited: the pids are its parent's.
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 # -- pidfd --------------------------------------------------------------------------------
