@@ -34,6 +34,7 @@ from asyncio import (
 )
 from asyncio.log import logger
 
+from . import _subprocess
 from ._ferroloop import Handle, LoopCore, SocketOperation
 from ._transports import SocketTransport
 
@@ -60,6 +61,8 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         self._transports: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         # Unix server socket -> inode of its file, for 3.13's cleanup on close.
         self._unix_server_sockets: dict = {}
+        # pidfd -> pid of each child whose exit is being watched (see _subprocess).
+        self._child_pidfds: dict[int, int] = {}
         if _BIND_CALL_SOON and type(self).call_soon is LoopCore.call_soon:
             # 3.11's C Future and Task look ``loop.call_soon`` up as an attribute for
             # every callback they schedule, which builds a bound method each time; one
@@ -229,6 +232,11 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server, context=context)
         return ssl_protocol._app_transport
 
+    # Subprocesses: asyncio's transport, ferroloop's own child-exit watching (pidfds in
+    # the poller; no child watcher, on any version).
+    _make_subprocess_transport = _subprocess.make_subprocess_transport
+    _child_watcher_callback = _subprocess.child_exited
+
     def _stop_serving(self, sock) -> None:
         # A listening socket of a server being closed. Unix server sockets recorded by
         # create_unix_server (3.13's cleanup_socket) also get their file removed, if it
@@ -356,6 +364,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             )
             self._signal_handlers.clear()
         self._close_core()
+        _subprocess.loop_closed(self)
         self.__dict__.pop("call_soon", None)
         self._executor_shutdown_called = True
         executor = self._default_executor
@@ -401,11 +410,10 @@ _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"
 # Servers and the accept loop, datagram transports: asyncio's selector-loop
 # implementations, driving their sockets through the same native reader/writer layer
 # (stream transports and _stop_serving are ferroloop's own, defined on Loop above). The
-# Unix loop adds Unix-socket endpoints, pipes and subprocesses, and the os.sendfile
-# transport path.
+# Unix loop adds Unix-socket endpoints and pipes, and the os.sendfile transport path.
 _adopt(
     unix_events._UnixSelectorEventLoop,
-    lambda name: name.startswith(("_make_", "create_unix_", "_child_watcher")),
+    lambda name: name.startswith(("_make_", "create_unix_")),
 )
 _adopt(
     selector_events.BaseSelectorEventLoop,
