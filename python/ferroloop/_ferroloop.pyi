@@ -135,3 +135,28 @@ class SocketOperation:
     def __qualname__(self) -> str: ...  # type: ignore[override]
     @property
     def __name__(self) -> str: ...  # type: ignore[override]
+
+class Acceptor:
+    """The reader callback of a listening socket: asyncio's ``_accept_connection``,
+    native; called with asyncio's arguments."""
+
+    def __init__(
+        self,
+        event_loop: LoopCore,
+        family: int,
+        sock_type: int,
+        proto: int,
+        unix_sockname: Any = None,
+    ) -> None: ...
+    def __call__(self, *args: Any) -> None: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+
+class AcceptedConnection:
+    """The first step of an accepted connection (protocol factory, transport), scheduled
+    for the iteration after the accept."""
+
+    def __call__(self) -> None: ...
+
+def _register_transport(registry: Any, fd: int, transport: Any) -> None:
+    """``registry[fd] = transport`` for the loop's transport registry."""

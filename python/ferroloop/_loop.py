@@ -34,7 +34,7 @@ from asyncio import (
 )
 from asyncio.log import logger
 
-from . import _subprocess
+from . import _servers, _subprocess
 from ._ferroloop import Handle, LoopCore, SocketOperation
 from ._transports import SocketTransport
 
@@ -407,9 +407,10 @@ _adopt(
 )
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 
-# Servers and the accept loop, datagram transports: asyncio's selector-loop
-# implementations, driving their sockets through the same native reader/writer layer
-# (stream transports and _stop_serving are ferroloop's own, defined on Loop above). The
+# Servers, datagram transports: asyncio's selector-loop implementations, driving their
+# sockets through the same native reader/writer layer (stream transports and
+# _stop_serving are ferroloop's own, defined on Loop above; the accept loop is native,
+# see _servers, with asyncio's _accept_connection* kept for what it does not serve). The
 # Unix loop adds Unix-socket endpoints and pipes, and the os.sendfile transport path.
 _adopt(
     unix_events._UnixSelectorEventLoop,
@@ -419,9 +420,10 @@ _adopt(
     selector_events.BaseSelectorEventLoop,
     lambda name: (
         (name.startswith(("_make_", "_accept_connection")) and name != "_make_self_pipe")
-        or name in ("_start_serving", "_sendfile_native")
+        or name == "_sendfile_native"
     ),
 )
+_servers.adopt(Loop)
 
 
 class _SelectorView:
