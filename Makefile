@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-http lint fmt clean
+.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-accept bench-http lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_%.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ bench: build ## Micro-benchmark table: ferroloop / uvloop / asyncio, interleaved
 
 bench-echo: build ## TCP echo (protocol/buffered/streams/sockets + native Rust ceiling): server CPU per request
 	$(PY) benchmarks/echo.py
+
+bench-accept: build ## Connection rate (accept, write 5 bytes, close; TCP and Unix + native Rust ceiling): server CPU per connection
+	$(PY) benchmarks/accept.py
 
 bench-http: build ## httptools keep-alive HTTP server under wrk (apt-get install wrk): server CPU per request
 	$(PY) benchmarks/http_wrk.py

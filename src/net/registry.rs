@@ -11,12 +11,22 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 use crate::py_cache::CachedAttr;
 
 static WEAK_VALUE_DICTIONARY: CachedAttr = CachedAttr::new("weakref", "WeakValueDictionary");
 static KEYED_REF: CachedAttr = CachedAttr::new("weakref", "KeyedRef");
 static WEAK_REF: CachedAttr = CachedAttr::new("weakref", "ref");
+
+/// `weakref.ref.__new__`, what `KeyedRef.__new__` creates the reference with.
+fn weak_ref_new(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    NEW.get_or_try_init(py, || {
+        Ok::<_, PyErr>(WEAK_REF.get(py)?.getattr("__new__")?.unbind())
+    })
+    .map(|new| new.bind(py))
+}
 
 /// Whether `registry` is exactly a `weakref.WeakValueDictionary`.
 pub(crate) fn is_weak_value_dictionary(registry: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -40,9 +50,7 @@ pub fn _register_transport(
         if !pending.map_or(Ok(false), |p| p.is_truthy())? {
             let remove = registry.getattr(intern!(py, "_remove"))?;
             let keyed_ref = KEYED_REF.get(py)?;
-            let reference = WEAK_REF
-                .get(py)?
-                .call_method1(intern!(py, "__new__"), (keyed_ref, transport, remove))?;
+            let reference = weak_ref_new(py)?.call1((keyed_ref, transport, remove))?;
             reference.setattr(intern!(py, "key"), fd)?;
             registry
                 .getattr(intern!(py, "data"))?
