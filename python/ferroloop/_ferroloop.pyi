@@ -20,8 +20,8 @@ __all__ = [
 ]
 __version__: str
 
-# The classes are native (PyO3): each has its own instance layout (a PEP 800 disjoint
-# base), and those without `subclass` cannot be subclassed (@final). tests/test_stubs.py
+# The classes are native (PyO3): those that can be subclassed have their own instance
+# layout (PEP 800's @disjoint_base), the others cannot be (@final). tests/test_stubs.py
 # runs mypy's stubtest, which checks both against the module.
 
 @disjoint_base
@@ -49,7 +49,6 @@ class ThreadSafeHandle(Handle):
     ``events._ThreadSafeHandle``)."""
 
 @final
-@disjoint_base
 class TimerHandle(Handle):
     """What ``call_later``/``call_at`` return."""
 
@@ -123,7 +122,6 @@ class LoopCore:
     def _close_core(self) -> None: ...
 
 @final
-@disjoint_base
 class SocketTransportCore:
     """The native hot paths and shared state of a ``ferroloop.SocketTransport``."""
 
@@ -155,7 +153,6 @@ class RecvWhenReadable:
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 @final
-@disjoint_base
 class SocketOperation:
     """What ``sock_recv``/``sock_recv_into``/``sock_sendall`` return: behaves as their
     asyncio coroutine."""
