@@ -10,6 +10,8 @@ TEST_JOBS ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Where `make bench` draws the micro-benchmark chart the README shows.
+BENCH_CHART ?= docs/benchmarks.png
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-http lint fmt clean wheels sdist test-wheels test-sdist
@@ -62,8 +64,9 @@ test-sdist: sdist ## The sdist built by pip in a fresh venv: import, version, th
 conformance: build ## CPython's test_asyncio on ferroloop vs stock (3.11); fails if any test passing on stock fails
 	scripts/test-python 3.11 conformance
 
-bench: build ## Micro-benchmark table: ferroloop / uvloop / asyncio, interleaved
-	$(PY) benchmarks/micro.py
+bench: build ## Micro-benchmark table and its chart (docs/benchmarks.png, the README's): ferroloop / uvloop / asyncio, interleaved
+	@mkdir -p .bench
+	$(PY) benchmarks/micro.py --chart $(BENCH_CHART) --json .bench/micro.json
 
 bench-echo: build ## TCP echo (protocol/buffered/streams/sockets + native Rust ceiling): server CPU per request
 	$(PY) benchmarks/echo.py
