@@ -62,17 +62,28 @@ QUICK = ["--quick", "--rounds", "1", "--no-warmup", "--filter", "Future round tr
 
 
 def test_bench_writes_table_and_chart_of_one_run(tmp_path):
-    png = tmp_path / "chart.png"
-    result = run_bench(*QUICK, "--chart", str(png), "--json", str(tmp_path / "run.json"))
+    """One ``python -m ferroloop bench`` run prints the table and draws its chart; the
+    chart is drawn again from the run's JSON by benchmarks/chart.py."""
+    png, run_json = tmp_path / "chart.png", tmp_path / "run.json"
+    result = run_bench(*QUICK, "--chart", str(png), "--json", str(run_json))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| Future round trip (100k)" in result.stdout
     assert "ferroloop vs uvloop" in result.stdout
-    if HAVE_MATPLOTLIB:
-        assert png.read_bytes().startswith(PNG_MAGIC)
-        assert f"chart: {png}" in result.stderr
-    else:
+    if not HAVE_MATPLOTLIB:
         assert not png.exists()
         assert "matplotlib is not installed" in result.stderr
+        return
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert f"chart: {png}" in result.stderr
+    again = tmp_path / "again.png"
+    redraw = subprocess.run(
+        [sys.executable, str(CHART), str(run_json), str(again)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert redraw.returncode == 0, redraw.stderr
+    assert again.read_bytes().startswith(PNG_MAGIC)
 
 
 def test_chart_without_matplotlib_says_so(tmp_path):
@@ -93,23 +104,6 @@ def test_chart_without_matplotlib_says_so(tmp_path):
     assert "matplotlib is not installed" in result.stderr
     assert "pip install 'ferroloop[bench]'" in result.stderr
     assert not png.exists()
-
-
-@pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is pinned for 3.11 only")
-def test_chart_redrawn_from_json(tmp_path):
-    """benchmarks/chart.py draws the same chart again from a micro.py --json file."""
-    run_json = tmp_path / "run.json"
-    result = run_bench(*QUICK, "--loops", "uvloop,asyncio", "--json", str(run_json), cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    png = tmp_path / "again.png"
-    again = subprocess.run(
-        [sys.executable, str(CHART), str(run_json), str(png)],
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-    )
-    assert again.returncode == 0, again.stderr
-    assert png.read_bytes().startswith(PNG_MAGIC)
 
 
 def test_bench_outside_a_checkout_explains(tmp_path):
