@@ -36,6 +36,9 @@ mod _ferroloop {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        // Cargo.toml's version is the one source: maturin reads it for the wheel's
+        // metadata, and `ferroloop.__version__` is this.
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         crate::ffi::install_am_send::<SocketOperation>(m.py())
     }
 }

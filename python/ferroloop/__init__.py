@@ -23,12 +23,12 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from ._ferroloop import Handle, TimerHandle
+from ._ferroloop import __version__ as __version__  # Cargo.toml's, built in
 from ._loop import Loop
 
 __all__ = ["Handle", "Loop", "TimerHandle", "new_event_loop", "run"]
 if sys.version_info < (3, 14):
     __all__ += ["EventLoopPolicy", "install"]
-__version__ = "0.1.0"
 
 _T = TypeVar("_T")
 

@@ -2,10 +2,29 @@
 
 from collections.abc import Callable
 from contextvars import Context
-from typing import Any, TypeVarTuple
+from typing import Any, TypeVarTuple, final
+
+from typing_extensions import disjoint_base
 
 _Ts = TypeVarTuple("_Ts")
 
+__all__ = [
+    "Handle",
+    "ThreadSafeHandle",
+    "TimerHandle",
+    "LoopCore",
+    "RecvWhenReadable",
+    "SocketOperation",
+    "SocketTransportCore",
+    "__version__",
+]
+__version__: str
+
+# The classes are native (PyO3): those that can be subclassed have their own instance
+# layout (PEP 800's @disjoint_base), the others cannot be (@final). tests/test_stubs.py
+# runs mypy's stubtest, which checks both against the module.
+
+@disjoint_base
 class Handle:
     """What ``call_soon``/``call_soon_threadsafe`` return."""
 
@@ -23,11 +42,13 @@ class Handle:
     @property
     def _source_traceback(self) -> list[Any] | None: ...
 
+@final
 class ThreadSafeHandle(Handle):
     """What ``call_soon_threadsafe`` returns on Python 3.14+ (``cancel()`` from another
     thread waits for a running callback; ``__class__`` is asyncio's
     ``events._ThreadSafeHandle``)."""
 
+@final
 class TimerHandle(Handle):
     """What ``call_later``/``call_at`` return."""
 
@@ -37,6 +58,7 @@ class TimerHandle(Handle):
     @property
     def _scheduled(self) -> bool: ...
 
+@disjoint_base
 class LoopCore:
     """Native base class of ``ferroloop.Loop``: the hot half of the event loop."""
 
@@ -44,7 +66,14 @@ class LoopCore:
     _stopping: bool
     _debug: bool
     def __new__(cls, *args: Any, **kwargs: Any) -> LoopCore: ...
-    def time(self) -> float: ...
+    # A data descriptor (clock.rs's TimeAttribute), so that a `time` a program assigns
+    # to the loop is what the scheduler reads; to a type checker, a property.
+    @property
+    def time(self) -> Callable[[], float]: ...
+    @time.setter
+    def time(self, value: Callable[[], float]) -> None: ...
+    @time.deleter
+    def time(self) -> None: ...
     def call_soon(
         self,
         callback: Callable[[*_Ts], object],
@@ -99,6 +128,7 @@ class LoopCore:
     def _run_forever_core(self) -> None: ...
     def _close_core(self) -> None: ...
 
+@final
 class SocketTransportCore:
     """The native hot paths and shared state of a ``ferroloop.SocketTransport``."""
 
@@ -106,7 +136,9 @@ class SocketTransportCore:
     closing: bool
     eof: bool
     empty_waiter: Any
-    def __init__(self, transport: Any, event_loop: Any, fd: int, context: Any = None) -> None: ...
+    def __new__(
+        cls, transport: Any, event_loop: Any, fd: int, context: Any = None
+    ) -> SocketTransportCore: ...
     @property
     def fd(self) -> int: ...
     @property
@@ -121,11 +153,18 @@ class SocketTransportCore:
     def shutdown_write(self) -> None: ...
     def release(self) -> None: ...
 
+@final
+class RecvWhenReadable:
+    """The reader of a waiting ``sock_recv``/``sock_recv_into`` (made by the loop)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+@final
 class SocketOperation:
     """What ``sock_recv``/``sock_recv_into``/``sock_sendall`` return: behaves as their
     asyncio coroutine."""
 
-    def send(self, value: Any) -> Any: ...
+    def send(self, _value: Any) -> Any: ...
     def __next__(self) -> Any: ...
     def throw(self, typ: Any, val: Any = None, _tb: Any = None) -> Any: ...
     def close(self) -> None: ...
