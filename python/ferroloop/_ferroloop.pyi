@@ -13,6 +13,8 @@ __all__ = [
     "ThreadSafeHandle",
     "TimerHandle",
     "LoopCore",
+    "DatagramReader",
+    "DatagramTransportCore",
     "RecvWhenReadable",
     "SocketOperation",
     "SocketTransportCore",
@@ -158,6 +160,30 @@ class RecvWhenReadable:
     """The reader of a waiting ``sock_recv``/``sock_recv_into`` (made by the loop)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+@final
+class DatagramTransportCore:
+    """The native hot paths and shared state of a ``ferroloop.DatagramTransport``."""
+
+    conn_lost: int
+    sock: Any
+    protocol: Any
+    address: Any
+    buffer: Any
+    def __new__(cls, transport: Any, family: int | None, max_size: int) -> DatagramTransportCore: ...
+    @property
+    def native(self) -> bool: ...
+    def set_connected(self, connected: bool) -> None: ...
+    def reader(self, transport: Any) -> DatagramReader: ...
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None: ...
+
+@final
+class DatagramReader:
+    """The loop's reader callback of one ``ferroloop.DatagramTransport``."""
+
+    def __call__(self) -> None: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
 
 @final
 class SocketOperation:

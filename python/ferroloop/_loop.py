@@ -35,6 +35,7 @@ from asyncio import (
 from asyncio.log import logger
 
 from . import _subprocess
+from ._datagram import DatagramTransport
 from ._ferroloop import Handle, LoopCore, SocketOperation
 from ._transports import SocketTransport
 
@@ -200,6 +201,10 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         # `context`: 3.15's, passed for every connection (see SocketTransport).
         self._ensure_fd_no_transport(sock)
         return SocketTransport(self, sock, protocol, waiter, extra, server, context)
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        self._ensure_fd_no_transport(sock)
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_ssl_transport(
         self,
@@ -407,10 +412,10 @@ _adopt(
 )
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 
-# Servers and the accept loop, datagram transports: asyncio's selector-loop
-# implementations, driving their sockets through the same native reader/writer layer
-# (stream transports and _stop_serving are ferroloop's own, defined on Loop above). The
-# Unix loop adds Unix-socket endpoints and pipes, and the os.sendfile transport path.
+# Servers and the accept loop: asyncio's selector-loop implementations, driving their
+# sockets through the same native reader/writer layer (stream and datagram transports
+# and _stop_serving are ferroloop's own, defined on Loop above). The Unix loop adds
+# Unix-socket endpoints and pipes, and the os.sendfile transport path.
 _adopt(
     unix_events._UnixSelectorEventLoop,
     lambda name: name.startswith(("_make_", "create_unix_")),
