@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextvars
 import errno
 import gc
 import hashlib
@@ -1084,3 +1085,74 @@ def test_many_endpoints_in_one_loop_do_not_mix_up_addresses(loop):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResourceWarning)
         run(loop, main())
+
+
+def test_protocol_callbacks_run_in_a_copy_of_the_creating_context(loop):
+    """No version passes a context to datagram transports (3.15's is None): the reader,
+    set up from a callback scheduled by the transport, copies the context current when
+    the endpoint was created; later changes in the creating task are not seen."""
+    var = contextvars.ContextVar("var", default="unset")
+
+    async def main():
+        seen = []
+
+        class P(Recorder):
+            def connection_made(self, transport):
+                seen.append(("made", var.get()))
+                var.set("set in connection_made")
+                super().connection_made(transport)
+
+            def datagram_received(self, data, addr):
+                seen.append(("dg", var.get()))
+                var.set("set in datagram_received")
+                super().datagram_received(data, addr)
+
+        var.set("at creation")
+        t, p = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+        var.set("after creation")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"1", t.get_extra_info("sockname"))
+            s.sendto(b"2", t.get_extra_info("sockname"))
+            await p.datagram_count(2)
+        t.close()
+        await p.lost
+        return seen, var.get()
+
+    seen, after = run(loop, main())
+    assert after == "after creation"
+    assert seen == [
+        ("made", "at creation"),
+        ("dg", "at creation"),
+        ("dg", "set in datagram_received"),
+    ]
+
+
+def test_plain_sockets_take_the_native_path(ferroloop):
+    """ferroloop's own check that the tests above exercise its native reader and sendto
+    for plain sockets, and asyncio's methods for a socket subclass and after the end."""
+    native = ferroloop._ferroloop
+
+    class Sock(socket.socket):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t, p = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+        assert type(t).__name__ == "DatagramTransport"
+        assert isinstance(t, selector_events._SelectorDatagramTransport)
+        assert isinstance(t._read_ready, native.DatagramReader)
+        assert t._read_ready.__qualname__ == "DatagramTransport._read_ready"
+        assert t.sendto.__self__ is t._core and t._core.native
+        sub = Sock(socket.AF_INET, socket.SOCK_DGRAM)
+        sub.bind(("127.0.0.1", 0))
+        st, sp = await loop.create_datagram_endpoint(Recorder, sock=sub)
+        assert not st._core.native
+        assert st._read_ready.__func__ is selector_events._SelectorDatagramTransport._read_ready
+        assert st.sendto.__func__ is selector_events._SelectorDatagramTransport.sendto
+        for tr, pr in ((t, p), (st, sp)):
+            tr.close()
+            await pr.lost
+        assert t.sendto.__func__ is selector_events._SelectorDatagramTransport.sendto
+
+    with asyncio.Runner(loop_factory=ferroloop.new_event_loop) as runner:
+        runner.run(main())
