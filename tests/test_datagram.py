@@ -752,9 +752,16 @@ def drain(sock: socket.socket, count: int) -> list[bytes]:
     return got
 
 
-def test_flow_control_pauses_and_resumes_without_loss(loop):
+@pytest.mark.parametrize("sndbuf", [None, 4096])
+def test_flow_control_pauses_and_resumes_without_loss(loop, sndbuf):
+    """The kernel refuses a Unix datagram once the peer's queue or the sender's buffer is
+    full (UDP on loopback never refuses one, whatever SO_SNDBUF: the loopback device
+    frees the send buffer at once)."""
+
     async def main():
         a, peer = unix_pair()
+        if sndbuf:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         t, p = await loop.create_datagram_endpoint(Recorder, sock=a)
         t.set_write_buffer_limits(high=4 * DATAGRAM, low=2 * DATAGRAM)
         assert t.get_write_buffer_limits() == (2 * DATAGRAM, 4 * DATAGRAM)
