@@ -170,7 +170,9 @@ class DatagramTransportCore:
     protocol: Any
     address: Any
     buffer: Any
-    def __new__(cls, transport: Any, family: int | None, max_size: int) -> DatagramTransportCore: ...
+    def __new__(
+        cls, transport: Any, family: int | None, max_size: int
+    ) -> DatagramTransportCore: ...
     @property
     def native(self) -> bool: ...
     def set_connected(self, connected: bool) -> None: ...
@@ -181,7 +183,7 @@ class DatagramTransportCore:
 class DatagramReader:
     """The loop's reader callback of one ``ferroloop.DatagramTransport``."""
 
-    def __call__(self) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     @property
     def __qualname__(self) -> str: ...  # type: ignore[override]
 
