@@ -7,7 +7,6 @@ import asyncio
 import sys
 
 import pytest
-
 from conftest import import_ferroloop
 
 

@@ -8,7 +8,6 @@ import socket
 import time
 
 import pytest
-
 from conftest import import_ferroloop
 
 KEYS = {

@@ -19,7 +19,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import child_env, import_ferroloop
 
 WATCHDOG_TIMEOUT = 120
@@ -393,7 +392,10 @@ def test_dump_signal(tmp_path, watchdog_on):
 def test_dump_signal_is_opt_in():
     import subprocess
 
-    code = "import signal, ferroloop; ferroloop.new_event_loop(); print(signal.getsignal(signal.SIGUSR1))"
+    code = (
+        "import signal, ferroloop; ferroloop.new_event_loop();"
+        " print(signal.getsignal(signal.SIGUSR1))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60
     )
