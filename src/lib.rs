@@ -9,6 +9,7 @@ mod errors;
 mod event_loop;
 mod ffi;
 mod net;
+mod observe;
 mod py_cache;
 mod transport;
 

@@ -2,7 +2,8 @@
 
 Runs an unchanged asyncio program on ferroloop: the script runs as ``__main__`` with
 ferroloop's policy installed, so every loop that ``asyncio.run``, ``asyncio.Runner`` and
-``asyncio.new_event_loop`` create is a ferroloop loop.
+``asyncio.new_event_loop`` create is a ferroloop loop. ``--watchdog SECONDS`` gives each
+of them a blocked-loop watchdog (as ``FERROLOOP_WATCHDOG=SECONDS`` does).
 
 ``python -m ferroloop bench [options]`` runs the micro benchmarks (ferroloop, uvloop and
 stock asyncio side by side) and writes their table and chart. The benchmarks are part
@@ -18,11 +19,11 @@ import runpy
 import sys
 from pathlib import Path
 
-from . import _install_policy
+from . import _install_policy, _observe
 
 USAGE = (
-    "usage: python -m ferroloop SCRIPT.py [args...] | -m MODULE [args...]"
-    " | bench [benchmarks/micro.py options]"
+    "usage: python -m ferroloop [--watchdog SECONDS] SCRIPT.py [args...]"
+    " | [--watchdog SECONDS] -m MODULE [args...] | bench [benchmarks/micro.py options]"
 )
 #: Where ``bench`` writes its chart unless given ``--chart``.
 BENCH_CHART = "ferroloop-bench.png"
@@ -71,6 +72,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if not args else 0
     if args[0] == "bench":
         return bench(args[1:])
+    if args[0] == "--watchdog" or args[0].startswith("--watchdog="):
+        value, args = (
+            (args[1] if len(args) > 1 else "", args[2:])
+            if args[0] == "--watchdog"
+            else (args[0].split("=", 1)[1], args[1:])
+        )
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = -1.0
+        if not threshold > 0 or threshold == float("inf") or not args:
+            print(
+                "python -m ferroloop: --watchdog needs a positive number of seconds"
+                f" and a program\n{USAGE}",
+                file=sys.stderr,
+            )
+            return 2
+        _observe.default_watchdog = threshold
     _install_policy()
     if args[0] == "-m":
         if len(args) < 2:

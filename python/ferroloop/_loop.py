@@ -34,7 +34,7 @@ from asyncio import (
 )
 from asyncio.log import logger
 
-from . import _subprocess
+from . import _observe, _subprocess
 from ._datagram import DatagramTransport
 from ._ferroloop import Handle, LoopCore, SocketOperation
 from ._transports import SocketTransport
@@ -71,6 +71,9 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             # the method without binding it). A subclass's override is left alone, and
             # close() drops the binding with the reference cycle it makes.
             self.call_soon = self.call_soon
+        _observe.loop_created(self)
+
+    stats = _observe.stats
 
     # -- running -----------------------------------------------------------------------
 
@@ -427,6 +430,11 @@ _adopt(
         or name in ("_start_serving", "_sendfile_native")
     ),
 )
+
+
+# stats() counts open servers: the methods that make them record what they made.
+Loop.create_server = _observe.tracking_servers(base_events.BaseEventLoop.create_server)
+Loop.create_unix_server = _observe.tracking_servers(Loop.create_unix_server)
 
 
 class _SelectorView:

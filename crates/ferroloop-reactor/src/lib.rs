@@ -16,7 +16,7 @@ pub mod signal_pipe;
 pub mod stream_io;
 pub mod timer_heap;
 
-pub use clock::monotonic;
+pub use clock::{monotonic, monotonic_coarse_ns, monotonic_coarse_tick_ns};
 pub use poller::{Interest, Poller, PollerEvents, Readiness, Token};
 pub use ready_queue::ReadyQueue;
 pub use signal_pipe::SignalPipe;
