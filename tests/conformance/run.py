@@ -690,6 +690,12 @@ def child_main(args: argparse.Namespace) -> int:
     faulthandler.enable(file=log_file, all_threads=True)
     # The parent sends SIGUSR1 before killing a hung child: dump where every thread is.
     faulthandler.register(signal.SIGUSR1, file=log_file, all_threads=True)
+    # A runner started in the background by a shell without job control (CI scripts,
+    # `cmd &`) inherits SIGINT ignored, and then Python installs no KeyboardInterrupt
+    # handler: test_runners' interrupt tests (`_thread.interrupt_main()`) hang on every
+    # loop. The suite assumes an interpreter started normally, so give it that.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     # Move the event pipe far above the fds tests use: descriptors are allocated lowest
     # first, so a loop that double-closes a (low) fd cannot close or reuse ours.
