@@ -46,10 +46,11 @@ imported):
   named by replacing the selector word with ``Target`` (``TargetEventLoopTests``,
   ``TargetStartServerTests``...), whose factory returns the loop under test.  Classes in
   ``SETUP_PATCH_CLASSES`` that build a ``SelectorEventLoop`` inside ``setUp``
-  (test_unix_events, test_base_events), and in ``CUSTOM_VARIANTS`` that run on a mocked
-  bare ``BaseEventLoop()`` (test_runners, test_pep492 - both core modules) get the same
-  treatment (``TargetRunTests``, ``TargetCoroutineTests``...).  The generated names do not
-  depend on ``--loop`` so test ids line up between runs (``--compare-stock``).
+  (test_unix_events, test_base_events, 3.14's test_events.UnixPipeObjectSupportTests), and
+  in ``CUSTOM_VARIANTS`` that run on a mocked bare ``BaseEventLoop()`` (test_runners,
+  test_pep492 - both core modules) get the same treatment (``TargetRunTests``,
+  ``TargetCoroutineTests``...).  The generated names do not depend on ``--loop`` so test
+  ids line up between runs (``--compare-stock``).
   (Checked on 3.14 and 3.15: every family, ``SETUP_PATCH_CLASSES`` and ``CUSTOM_VARIANTS``
   class still exists under the same name and still gets its Target variant.)
 
@@ -158,6 +159,8 @@ LOOP_FACTORY_METHODS = ("create_event_loop", "new_loop")
 SETUP_PATCH_CLASSES = {
     "test_unix_events": ("SelectorEventLoopUnixSocketTests",),
     "test_base_events": ("BaseEventLoopWithSelectorTests",),
+    # 3.14+: which file types connect_read_pipe / connect_write_pipe accept or reject.
+    "test_events": ("UnixPipeObjectSupportTests",),
 }
 
 #: Classes whose tests run on a bare ``asyncio.BaseEventLoop()`` with mocked internals; their
