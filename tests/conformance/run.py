@@ -57,7 +57,8 @@ imported):
 Honest accounting: ``asyncio.events._set_running_loop`` (and its re-exports
 ``asyncio._set_running_loop``, ``_asyncio._set_running_loop``, ``events._py__/_c__...``) is
 wrapped to record every loop set running while a test runs.  A test counts as "ran on
-<loop>" only if a loop of the loop under test was set running during it, or (for the
+<loop>" only if a loop of the loop under test was set running during it (in the test's
+process or in one it forked: forked children inherit the event pipe), or (for the
 generated Target variants) the test's own ``self.loop`` came from our factory - the latter
 so that tests such as ``test_close`` that exercise the loop without running it still count.
 For ``--loop asyncio`` "ours" means a loop created through the policy / Target factory (a
@@ -886,14 +887,21 @@ class ModuleRunner:
                             self.started.add(current)
                             state["progress"] = True
                         elif kind == "loop":
-                            current_loops[ev["type"]] = current_loops.get(ev["type"]) or ev["ours"]
+                            if ev["id"] == current:
+                                prev = current_loops.get(ev["type"])
+                                current_loops[ev["type"]] = prev or ev["ours"]
                         elif kind == "result":
+                            # "loop" events also come from processes the test forked
+                            # (they inherit the pipe): a loop of ours that ran there
+                            # ran for this test, though the test's own process never
+                            # saw it (test_unix_events.TestFork's asyncio.run in a
+                            # multiprocessing 'fork' child).
                             self._add(
                                 TestRecord(
                                     ev["id"],
                                     ev["outcome"],
-                                    ev["ours"],
-                                    ev["loops"],
+                                    ev["ours"] or any(current_loops.values()),
+                                    sorted(set(ev["loops"]) | set(current_loops)),
                                     ev["dur"],
                                     ev["msg"],
                                     ev["tb"],
