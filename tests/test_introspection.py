@@ -201,7 +201,9 @@ def _inspect(kind: str, script: str) -> dict[str, str]:
         ready, _, _ = select.select([proc.stdout], [], [], SUBPROCESS_TIMEOUT)
         assert ready, f"the {kind} child never got ready"
         line = proc.stdout.readline().split()
-        assert line[:1] == ["ready"], (line, proc.stderr.read() if proc.poll() else "")
+        if line[:1] != ["ready"]:
+            proc.kill()
+            pytest.fail(f"the {kind} program did not get ready: {line}\n{proc.stderr.read()}")
         assert line[1].startswith("ferroloop" if kind == "ferroloop" else "asyncio."), line
         for tool in ("ps", "pstree"):
             result = subprocess.run(
@@ -257,8 +259,9 @@ def parse_ps(text: str) -> list[dict]:
 
     Columns are space-padded, and the two stacks are "a -> b -> c" chains, so a row is
     read as tokens: tid, task id, task name, then chains, awaiter name, awaiter id (the
-    last two are empty / "0x0" for a task nobody awaits).  Hex ids are replaced by the
-    names of the tasks they denote, so that rows compare across processes.
+    last two are empty / "0x0" for a task nobody awaits).  The ids are checked (an
+    awaiter id must be the id of the task its name names) and left out, so that rows
+    compare across processes.
     """
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["tid"])
@@ -527,8 +530,7 @@ async def shared_future_capture():
         return await fut
 
     tasks = [asyncio.create_task(waiter(), name=f"waiter-{i}") for i in range(3)]
-    for _ in range(2):
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the waiters' first steps run before this task resumes
     graph = shape(asyncio.capture_call_graph(fut))
     out = io.StringIO()
     asyncio.print_call_graph(fut, file=out)
