@@ -38,8 +38,10 @@ use fd_callbacks::{fileno, FdCallbacks, Slot};
 use handle::{Handle, ScheduledTimer, ThreadSafeHandle, TimerHandle};
 use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
 
-/// Poller token of the signal wake-up socket.
-const SIGNAL_TOKEN: u64 = 0;
+/// Poller token of the signal wake-up socket. Descriptors use their own number as
+/// token, so this must be a value no descriptor can have (it was 0 once, and readiness
+/// of fd 0, a program's stdin, was taken for a signal wake-up and never delivered).
+const SIGNAL_TOKEN: u64 = u64::MAX - 1;
 
 /// The queues, guarded together: every access is a short, Python-free critical section.
 struct LoopState {
