@@ -133,6 +133,19 @@ CORE_EXCLUDED_TESTS: frozenset[str] = frozenset(
         # `_csock`) and skips itself on any other loop. ferroloop's wake-up channels are
         # native; that loop.close() releases them is in tests/test_loop_basics.py.
         "test.test_asyncio.test_events.TargetEventLoopTests.test_internal_fds",
+        # 3.11-3.13: installs a mock child watcher through the policy and expects
+        # create_subprocess_exec to ask it (is_active() False -> RuntimeError before the
+        # child starts). ferroloop watches its children itself with pidfds on every
+        # version and never consults the policy's watcher (a documented difference); its
+        # child watching is tested in tests/test_subprocess.py.
+        "test.test_asyncio.test_subprocess.GenericWatcherTests."
+        "test_create_subprocess_fails_with_inactive_watcher",
+        # 3.14+: forces the stock loop's threaded watcher and reads its private
+        # `loop._watcher._threads`. What it protects (the fallback thread never reaps
+        # before the loop publishes) holds for ferroloop's own fallback and is tested by
+        # tests/test_subprocess.py::test_no_pidfd_waits_in_a_thread.
+        "test.test_asyncio.test_subprocess.SubprocessThreadedWatcherTests."
+        "test_pid_not_reaped_before_exit_published",
     }
 )
 
