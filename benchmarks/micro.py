@@ -618,6 +618,18 @@ def scaled(n: int, scale: float) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the record of where a run was made."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def write_json(path: str, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
     """Write the run's metadata and per-row records (all samples) to ``path``."""
     with open(path, "w", encoding="utf-8") as fh:
@@ -642,6 +654,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--filter", help="only rows whose name contains this (case-insensitive)")
     parser.add_argument("--json", metavar="PATH", help="also write all samples as JSON here")
+    parser.add_argument(
+        "--chart",
+        metavar="PNG",
+        help="also draw the table as a chart of speeds relative to uvloop (needs matplotlib)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -702,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         "gc": not args.no_gc,
         "scale": scale,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu_model": cpu_model(),
     }
     watchdog = Watchdog(args.timeout)
     all_results = []
@@ -744,6 +762,12 @@ def main(argv: list[str] | None = None) -> int:
             f"\n'{loop_names[0]} vs X' = X median time / {loop_names[0]} median time "
             f"(> 1: {loop_names[0]} is faster)."
         )
+
+    if args.chart:
+        # The chart module sits next to this file; matplotlib is imported only there.
+        import chart
+
+        chart.draw(records, meta, args.chart)
 
     failures = [
         (rec["name"], name, res)

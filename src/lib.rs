@@ -9,6 +9,7 @@ mod errors;
 mod event_loop;
 mod ffi;
 mod net;
+mod observe;
 mod py_cache;
 mod transport;
 
@@ -34,10 +35,13 @@ mod _ferroloop {
     #[pymodule_export]
     use crate::net::{RecvWhenReadable, SocketOperation};
     #[pymodule_export]
-    use crate::transport::SocketTransportCore;
+    use crate::transport::{DatagramReader, DatagramTransportCore, SocketTransportCore};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        // Cargo.toml's version is the one source: maturin reads it for the wheel's
+        // metadata, and `ferroloop.__version__` is this.
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         crate::ffi::install_am_send::<SocketOperation>(m.py())
     }
 }

@@ -7,10 +7,13 @@ raised for bad descriptors, closed loops and closed file objects.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 
 import pytest
+from conftest import SUBPROCESS_TIMEOUT, child_env
 
 
 @pytest.fixture
@@ -259,3 +262,77 @@ def test_many_socketpairs(loop):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+STDIN_CHILD = """
+import json, sys
+
+async def main():
+    loop = asyncio.get_running_loop()
+    got = []
+    done = loop.create_future()
+
+    def readable():
+        data = os.read(0, 100)
+        got.append(data.decode())
+        if not data:
+            loop.remove_reader(0)
+            done.set_result(None)
+
+    loop.add_reader(0, readable)
+    await asyncio.wait_for(done, 20)
+    return got
+
+import os
+print(json.dumps(run(main())))
+"""
+
+
+def test_reader_on_stdin_fd_0(snippet):
+    """Descriptor 0 is a descriptor like any other: a reader on a program's stdin gets
+    its data and its EOF."""
+    proc = subprocess.run(
+        snippet.argv(STDIN_CHILD),
+        input="hello from the parent",
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["hello from the parent", ""]
+
+
+STDIN_PIPE_CHILD = """
+import json, sys
+
+class Collect(asyncio.Protocol):
+    def __init__(self, done):
+        self.done, self.chunks = done, []
+    def data_received(self, data):
+        self.chunks.append(data)
+    def connection_lost(self, exc):
+        self.done.set_result(b"".join(self.chunks).decode())
+
+async def main():
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    await loop.connect_read_pipe(lambda: Collect(done), sys.stdin)
+    return await asyncio.wait_for(done, 20)
+
+print(json.dumps(run(main())))
+"""
+
+
+def test_read_pipe_on_stdin(snippet):
+    """connect_read_pipe(sys.stdin), whose descriptor is 0, delivers everything."""
+    proc = subprocess.run(
+        snippet.argv(STDIN_PIPE_CHILD),
+        input="x" * 100_000,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == "x" * 100_000

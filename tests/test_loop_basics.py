@@ -224,8 +224,10 @@ def test_close_releases_every_descriptor(loop_factory):
     for _ in range(20):
         lp = loop_factory()
         lp.call_soon_threadsafe(lp.stop)
-        lp.call_later(0.001, lp.stop)
         lp.run_forever()
+        # Scheduled only now: on a busy machine a 1 ms timer made before the first run
+        # could fire in that run's only iteration, leaving the second run nothing to stop it.
+        lp.call_later(0.001, lp.stop)
         lp.run_forever()
         lp.close()
     assert open_fds() == before

@@ -16,6 +16,7 @@ ferroloop touches no deprecated name on any version.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import warnings
 from asyncio import events
@@ -23,12 +24,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from ._ferroloop import Handle, TimerHandle
+from ._ferroloop import __version__ as __version__  # Cargo.toml's, built in
 from ._loop import Loop
+from ._tasks_tree import format_tasks
 
-__all__ = ["Handle", "Loop", "TimerHandle", "new_event_loop", "run"]
+__all__ = ["Handle", "Loop", "TimerHandle", "format_tasks", "new_event_loop", "run"]
 if sys.version_info < (3, 14):
     __all__ += ["EventLoopPolicy", "install"]
-__version__ = "0.1.0"
 
 _T = TypeVar("_T")
 
@@ -36,19 +38,33 @@ _T = TypeVar("_T")
 _POLICIES_DEPRECATED = sys.version_info >= (3, 14)
 
 
-def new_event_loop() -> Loop:
-    """Return a new ferroloop event loop."""
-    return Loop()
+def new_event_loop(*, watchdog: float | None = None) -> Loop:
+    """Return a new ferroloop event loop.
+
+    ``watchdog``: report any callback or task step that blocks the loop for longer than
+    this many seconds (see ``Loop.set_watchdog``); default: ``FERROLOOP_WATCHDOG``'s
+    value, else off.
+    """
+    loop = Loop()
+    if watchdog is not None:
+        loop.set_watchdog(watchdog)
+    return loop
 
 
-def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
-    """Like :func:`asyncio.run`, on a new ferroloop loop."""
+def run(
+    main: Coroutine[Any, Any, _T], *, debug: bool | None = None, watchdog: float | None = None
+) -> _T:
+    """Like :func:`asyncio.run`, on a new ferroloop loop (with a watchdog of ``watchdog``
+    seconds, if given)."""
+    factory = (
+        new_event_loop if watchdog is None else functools.partial(new_event_loop, watchdog=watchdog)
+    )
     if sys.version_info >= (3, 12):
-        return asyncio.run(main, debug=debug, loop_factory=new_event_loop)
+        return asyncio.run(main, debug=debug, loop_factory=factory)
     if events._get_running_loop() is not None:
         # Same check and message as asyncio.run, before a Runner is built.
         raise RuntimeError("asyncio.run() cannot be called from a running event loop")
-    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)
 
 

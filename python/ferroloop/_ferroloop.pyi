@@ -2,10 +2,31 @@
 
 from collections.abc import Callable
 from contextvars import Context
-from typing import Any, TypeVarTuple
+from typing import Any, TypeVarTuple, final
+
+from typing_extensions import disjoint_base
 
 _Ts = TypeVarTuple("_Ts")
 
+__all__ = [
+    "Handle",
+    "ThreadSafeHandle",
+    "TimerHandle",
+    "LoopCore",
+    "DatagramReader",
+    "DatagramTransportCore",
+    "RecvWhenReadable",
+    "SocketOperation",
+    "SocketTransportCore",
+    "__version__",
+]
+__version__: str
+
+# The classes are native (PyO3): those that can be subclassed have their own instance
+# layout (PEP 800's @disjoint_base), the others cannot be (@final). tests/test_stubs.py
+# runs mypy's stubtest, which checks both against the module.
+
+@disjoint_base
 class Handle:
     """What ``call_soon``/``call_soon_threadsafe`` return."""
 
@@ -23,11 +44,13 @@ class Handle:
     @property
     def _source_traceback(self) -> list[Any] | None: ...
 
+@final
 class ThreadSafeHandle(Handle):
     """What ``call_soon_threadsafe`` returns on Python 3.14+ (``cancel()`` from another
     thread waits for a running callback; ``__class__`` is asyncio's
     ``events._ThreadSafeHandle``)."""
 
+@final
 class TimerHandle(Handle):
     """What ``call_later``/``call_at`` return."""
 
@@ -37,6 +60,7 @@ class TimerHandle(Handle):
     @property
     def _scheduled(self) -> bool: ...
 
+@disjoint_base
 class LoopCore:
     """Native base class of ``ferroloop.Loop``: the hot half of the event loop."""
 
@@ -44,7 +68,14 @@ class LoopCore:
     _stopping: bool
     _debug: bool
     def __new__(cls, *args: Any, **kwargs: Any) -> LoopCore: ...
-    def time(self) -> float: ...
+    # A data descriptor (clock.rs's TimeAttribute), so that a `time` a program assigns
+    # to the loop is what the scheduler reads; to a type checker, a property.
+    @property
+    def time(self) -> Callable[[], float]: ...
+    @time.setter
+    def time(self, value: Callable[[], float]) -> None: ...
+    @time.deleter
+    def time(self) -> None: ...
     def call_soon(
         self,
         callback: Callable[[*_Ts], object],
@@ -95,10 +126,21 @@ class LoopCore:
     def _set_signal_watch(self, enabled: bool) -> None: ...
     def _write_to_self(self) -> None: ...
     def _signal_wakeup_fd(self) -> int: ...
+    def _native_stats(self) -> dict[str, Any]: ...
+    def set_watchdog(
+        self, threshold: float | None, callback: Callable[[dict[str, Any]], object] | None = None
+    ) -> None: ...
+    def get_watchdog(self) -> float | None: ...
+    def _watchdog_view(self) -> dict[str, Any]: ...
+    @property
+    def slow_callback_duration(self) -> float: ...
+    @slow_callback_duration.setter
+    def slow_callback_duration(self, value: float) -> None: ...
     def _run_once(self) -> None: ...
     def _run_forever_core(self) -> None: ...
     def _close_core(self) -> None: ...
 
+@final
 class SocketTransportCore:
     """The native hot paths and shared state of a ``ferroloop.SocketTransport``."""
 
@@ -106,7 +148,9 @@ class SocketTransportCore:
     closing: bool
     eof: bool
     empty_waiter: Any
-    def __init__(self, transport: Any, event_loop: Any, fd: int, context: Any = None) -> None: ...
+    def __new__(
+        cls, transport: Any, event_loop: Any, fd: int, context: Any = None
+    ) -> SocketTransportCore: ...
     @property
     def fd(self) -> int: ...
     @property
@@ -121,11 +165,44 @@ class SocketTransportCore:
     def shutdown_write(self) -> None: ...
     def release(self) -> None: ...
 
+@final
+class RecvWhenReadable:
+    """The reader of a waiting ``sock_recv``/``sock_recv_into`` (made by the loop)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+@final
+class DatagramTransportCore:
+    """The native hot paths and shared state of a ``ferroloop.DatagramTransport``."""
+
+    conn_lost: int
+    sock: Any
+    protocol: Any
+    address: Any
+    buffer: Any
+    def __new__(
+        cls, transport: Any, family: int | None, max_size: int
+    ) -> DatagramTransportCore: ...
+    @property
+    def native(self) -> bool: ...
+    def set_connected(self, connected: bool) -> None: ...
+    def reader(self, transport: Any) -> DatagramReader: ...
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None: ...
+
+@final
+class DatagramReader:
+    """The loop's reader callback of one ``ferroloop.DatagramTransport``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+
+@final
 class SocketOperation:
     """What ``sock_recv``/``sock_recv_into``/``sock_sendall`` return: behaves as their
     asyncio coroutine."""
 
-    def send(self, value: Any) -> Any: ...
+    def send(self, _value: Any) -> Any: ...
     def __next__(self) -> Any: ...
     def throw(self, typ: Any, val: Any = None, _tb: Any = None) -> Any: ...
     def close(self) -> None: ...

@@ -34,7 +34,8 @@ from asyncio import (
 )
 from asyncio.log import logger
 
-from . import _servers, _subprocess
+from . import _observe, _servers, _subprocess
+from ._datagram import DatagramTransport
 from ._ferroloop import Handle, LoopCore, SocketOperation
 from ._transports import SocketTransport
 
@@ -70,6 +71,9 @@ class Loop(LoopCore, base_events.BaseEventLoop):
             # the method without binding it). A subclass's override is left alone, and
             # close() drops the binding with the reference cycle it makes.
             self.call_soon = self.call_soon
+        _observe.loop_created(self)
+
+    stats = _observe.stats
 
     # -- running -----------------------------------------------------------------------
 
@@ -200,6 +204,10 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         # `context`: 3.15's, passed for every connection (see SocketTransport).
         self._ensure_fd_no_transport(sock)
         return SocketTransport(self, sock, protocol, waiter, extra, server, context)
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        self._ensure_fd_no_transport(sock)
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_ssl_transport(
         self,
@@ -407,11 +415,11 @@ _adopt(
 )
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 
-# Servers, datagram transports: asyncio's selector-loop implementations, driving their
-# sockets through the same native reader/writer layer (stream transports and
-# _stop_serving are ferroloop's own, defined on Loop above; the accept loop is native,
-# see _servers, with asyncio's _accept_connection* kept for what it does not serve). The
-# Unix loop adds Unix-socket endpoints and pipes, and the os.sendfile transport path.
+# Servers: asyncio's selector-loop implementations, driving their sockets through the
+# same native reader/writer layer (stream and datagram transports and _stop_serving are
+# ferroloop's own, defined on Loop above; the accept loop is native, see _servers, with
+# asyncio's _accept_connection* kept for what it does not serve). The Unix loop adds
+# Unix-socket endpoints and pipes, and the os.sendfile transport path.
 _adopt(
     unix_events._UnixSelectorEventLoop,
     lambda name: name.startswith(("_make_", "create_unix_")),
@@ -424,6 +432,11 @@ _adopt(
     ),
 )
 _servers.adopt(Loop)
+
+
+# stats() counts open servers: the methods that make them record what they made.
+Loop.create_server = _observe.tracking_servers(base_events.BaseEventLoop.create_server)
+Loop.create_unix_server = _observe.tracking_servers(Loop.create_unix_server)
 
 
 class _SelectorView:

@@ -43,6 +43,8 @@ _OWN_WRITELINES = "writelines" in vars(selector_events._SelectorSocketTransport)
 # 3.14's writelines() drops and counts writes to a lost connection itself (3.12 and 3.13
 # leave the chunks queued there).
 _WRITELINES_COUNTS_LOST_WRITES = sys.version_info >= (3, 14)
+# 3.14's _call_connection_lost sets the transport's _read_ready_cb to None.
+_READ_CALLBACK_DROPPED_WHEN_LOST = sys.version_info >= (3, 14)
 
 
 def _core_attribute(name: str, doc: str) -> property:
@@ -139,6 +141,14 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def get_protocol(self):
         return self._protocol
+
+    @property
+    def _read_ready_cb(self):
+        # asyncio's socket transports keep their read callback here (CPython's own TLS
+        # tests inspect it); 3.14 drops it once the connection is lost.
+        if self._sock is None and _READ_CALLBACK_DROPPED_WHEN_LOST:
+            return None
+        return self._core._read_ready
 
     # -- reading -------------------------------------------------------------------------
 

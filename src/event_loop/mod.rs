@@ -30,6 +30,7 @@ use crate::errors::os_error;
 use crate::ffi;
 use crate::ffi::KwNames;
 use crate::net::SocketOperation;
+use crate::observe::{LoopStats, Watchdog};
 use crate::py_cache::{BASE_EVENT_LOOP, FUTURE_TYPE, TASKS_MODULE};
 
 use clock::ClockOverride;
@@ -37,8 +38,10 @@ use fd_callbacks::{fileno, FdCallbacks, Slot};
 use handle::{Handle, ScheduledTimer, ThreadSafeHandle, TimerHandle};
 use schedule::{deadline, deadline_after, debug_checks, handle_core, DebugChecks};
 
-/// Poller token of the signal wake-up socket.
-const SIGNAL_TOKEN: u64 = 0;
+/// Poller token of the signal wake-up socket. Descriptors use their own number as
+/// token, so this must be a value no descriptor can have (it was 0 once, and readiness
+/// of fd 0, a program's stdin, was taken for a signal wake-up and never delivered).
+const SIGNAL_TOKEN: u64 = u64::MAX - 1;
 
 /// The queues, guarded together: every access is a short, Python-free critical section.
 struct LoopState {
@@ -90,6 +93,12 @@ pub struct LoopCore {
     clock_override: ClockOverride,
     /// What differs between the Python versions the loop runs on.
     version: VersionRules,
+    /// `stats()`'s counters (see `observe::stats`).
+    stats: LoopStats,
+    /// The blocked-loop watchdog (see `observe::watchdog`).
+    watchdog: Watchdog,
+    /// `slow_callback_duration` as the program set it (the stats keep it as a number).
+    slow_callback_duration: Mutex<Option<Py<PyAny>>>,
 }
 
 /// The behaviours of the loop core that depend on the Python version, decided once.
@@ -353,6 +362,7 @@ impl LoopCore {
         // Allocated before taking the lock: an allocation can run the garbage collector,
         // and finalizers it runs may schedule callbacks on this very loop.
         let timer = TimerHandle::create(py, core, when, Arc::clone(&this.timer_cancels))?;
+        this.stats.timers_scheduled.add(1);
         handle::untrack_queued(timer.as_super());
         let as_handle = timer.as_super().clone().unbind();
         this.state().timers.push(when, ScheduledTimer(as_handle));
@@ -388,6 +398,9 @@ impl LoopCore {
             loop_keyword: Mutex::new(None),
             clock_override: ClockOverride::default(),
             version: VersionRules::of(py),
+            stats: LoopStats::new(),
+            watchdog: Watchdog::default(),
+            slow_callback_duration: Mutex::new(None),
         })
     }
 
@@ -676,6 +689,66 @@ impl LoopCore {
         Ok(self.io_driver()?.signal_pipe.write_fd())
     }
 
+    /// The native counters of `loop.stats()` (`ferroloop._observe.stats` adds the
+    /// transports, servers and tasks).
+    fn _native_stats<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let this = slf.get();
+        let cancelled_in_heap = this.state().timers.cancelled_count() as u64;
+        // SAFETY: pthread_self has no preconditions.
+        let ident = unsafe { libc::pthread_self() } as u64;
+        let thread_id = slf.getattr(pyo3::intern!(slf.py(), "_thread_id"))?;
+        let on_loop_thread = thread_id.extract::<u64>().is_ok_and(|id| id == ident);
+        this.stats
+            .to_dict(slf.py(), cancelled_in_heap, on_loop_thread)
+    }
+
+    /// Turns the blocked-loop watchdog on (a threshold in seconds) or off (`None`, 0).
+    /// With a `callback`, each report is a dict passed to it instead of a log line.
+    #[pyo3(signature = (threshold, callback=None))]
+    fn set_watchdog(
+        slf: &Bound<'_, Self>,
+        threshold: &Bound<'_, PyAny>,
+        callback: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        slf.get()
+            .watchdog
+            .configure(slf.as_any(), threshold, callback)
+    }
+
+    /// The watchdog's threshold, or `None` when it is off.
+    fn get_watchdog(&self) -> Option<f64> {
+        self.watchdog.threshold()
+    }
+
+    /// What the watchdog sees now: the running handle and for how long it has run.
+    fn _watchdog_view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.watchdog.view(py)
+    }
+
+    /// `slow_callback_duration`: debug mode's slow-callback warning threshold, and what
+    /// `stats()` counts as a slow callback.
+    #[getter]
+    fn get_slow_callback_duration(&self, py: Python<'_>) -> Py<PyAny> {
+        match lock(&self.slow_callback_duration).as_ref() {
+            Some(value) => value.clone_ref(py),
+            None => pyo3::types::PyFloat::new(py, 0.1).into_any().unbind(),
+        }
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, value: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let Some(value) = value else {
+            return Err(pyo3::exceptions::PyAttributeError::new_err(
+                "slow_callback_duration",
+            ));
+        };
+        self.stats
+            .set_slow_callback_duration(value.extract::<f64>().unwrap_or(f64::NAN));
+        let previous = lock(&self.slow_callback_duration).replace(value.unbind());
+        drop(previous);
+        Ok(())
+    }
+
     /// One iteration (`BaseEventLoop._run_once`).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let io = slf.get().io_driver()?;
@@ -693,6 +766,8 @@ impl LoopCore {
         self.closed.store(true, Ordering::Release);
         let (ready, timers, fds) = {
             let mut state = self.state();
+            let cancelled = state.timers.cancelled_count() as u64;
+            self.stats.timers_cancelled_removed.add(cancelled);
             // The poller goes away with the loop: no need to unregister one by one.
             (
                 state.ready.clear(),
@@ -721,6 +796,10 @@ impl LoopCore {
             visit.call(&*loop_keyword)?;
         }
         self.clock_override.traverse(&visit)?;
+        self.watchdog.traverse(&visit)?;
+        if let Ok(value) = self.slow_callback_duration.try_lock() {
+            visit.call(&*value)?;
+        }
         Ok(())
     }
 
@@ -737,6 +816,8 @@ impl LoopCore {
         };
         let loop_keyword = lock(&self.loop_keyword).take();
         let replaced_time = self.clock_override.take_replacement();
-        drop((ready, timers, fds, loop_keyword, replaced_time));
+        self.watchdog.clear();
+        let slow = lock(&self.slow_callback_duration).take();
+        drop((ready, timers, fds, loop_keyword, replaced_time, slow));
     }
 }

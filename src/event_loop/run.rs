@@ -5,6 +5,7 @@
 //! with the GIL released, run Python signal handlers, move due timers to the ready queue,
 //! then run exactly the callbacks that were ready at that point.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use ferroloop_reactor::{monotonic, Poller};
@@ -28,14 +29,20 @@ const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 pub(crate) fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let this = slf.get();
     let io = this.io_driver()?;
-    let result = loop {
-        if let Err(err) = run_once(slf, &io) {
-            break Err(err);
-        }
-        if this.stopping() {
-            break Ok(());
-        }
-    };
+    this.stats.run_started();
+    let result = this
+        .watchdog
+        .loop_started(slf.as_any())
+        .and_then(|()| loop {
+            if let Err(err) = run_once(slf, &io) {
+                break Err(err);
+            }
+            if this.stopping() {
+                break Ok(());
+            }
+        });
+    this.watchdog.loop_stopped(slf.py());
+    this.stats.run_stopped();
     this.set_stopping(false);
     result
 }
@@ -44,6 +51,11 @@ pub(crate) fn run_forever(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
+    this.stats.iterations.add(1);
+    let marks = this.watchdog.marks.on();
+    if marks {
+        this.watchdog.marks.iteration(this.stats.iterations.get());
+    }
 
     let clock_overridden = LoopCore::clock_overridden(slf)?;
     // Announce a possible sleep before looking at the ready queue, so that a concurrent
@@ -65,6 +77,9 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
             Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO))
         }
     };
+    this.stats
+        .timers_cancelled_removed
+        .add(removed.len() as u64);
     // Cancelled timers are released outside the lock: dropping runs finalizers.
     for timer in removed {
         release_queued(py, timer.0);
@@ -102,29 +117,67 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>, io: &IoDriver) -> PyResult<()>
         if !state.timers.is_empty() {
             let end_time = end_time.unwrap_or_else(|| end_time_at(this, monotonic()));
             while let Some(timer) = state.timers.pop_due(end_time) {
+                if timer.0.get().core.is_cancelled() {
+                    this.stats.timers_cancelled_removed.add(1);
+                } else {
+                    this.stats.timers_fired.add(1);
+                }
                 state.ready.push(timer.0);
             }
         }
         state.ready.take_batch()
     };
 
+    // The watchdog's marks are made in a copy of the batch loop of their own, so that
+    // without a watchdog the loop pays one flag check per iteration for them.
+    let outcome = if marks {
+        run_batch::<true>(slf, &mut batch)
+    } else {
+        run_batch::<false>(slf, &mut batch)
+    };
+    match outcome {
+        Ok(()) => this.state().ready.recycle(batch),
+        // KeyboardInterrupt/SystemExit: the rest of this batch still runs later, in
+        // order, as with asyncio's deque.
+        Err(_) => this.state().ready.requeue_front(batch),
+    }
+    outcome
+}
+
+/// Runs the callbacks of `batch` until it is empty or one raises KeyboardInterrupt or
+/// SystemExit (the rest stays in `batch`). `MARKS`: publish each run for the watchdog.
+#[inline(always)]
+fn run_batch<const MARKS: bool>(
+    slf: &Bound<'_, LoopCore>,
+    batch: &mut VecDeque<Py<Handle>>,
+) -> PyResult<()> {
+    let py = slf.py();
+    let this = slf.get();
     let debug = this.debug();
+    let mut ran = 0u64;
     while let Some(item) = batch.pop_front() {
+        ran += u64::from(!item.get().core.is_cancelled());
+        if MARKS {
+            this.watchdog.marks.started(item.as_ptr());
+        }
         let outcome = if debug {
             run_handle_debug(slf, &item)
         } else {
             run_handle(slf, &item)
         };
+        if MARKS {
+            this.watchdog.marks.ended();
+        }
         if let Err(err) = outcome {
-            // KeyboardInterrupt/SystemExit: the rest of this batch still runs later, in
-            // order, as with asyncio's deque.
-            this.state().ready.requeue_front(batch);
+            this.stats.batch_done(ran, item.bind(py).as_any());
             release_queued(py, item);
             return Err(err);
         }
+        if batch.is_empty() {
+            this.stats.batch_done(ran, item.bind(py).as_any());
+        }
         release_queued(py, item);
     }
-    this.state().ready.recycle(batch);
     Ok(())
 }
 
@@ -149,13 +202,17 @@ fn poll(
 ) -> PyResult<Vec<u8>> {
     let mut events = io.events.lock().unwrap_or_else(|e| e.into_inner());
     let poller: &Poller = &io.poller;
+    this.stats.polled();
     let events_ref = &mut *events;
     if timeout == Some(Duration::ZERO) {
         // A non-blocking poll: releasing and re-taking the GIL around it would cost
         // more than the syscall, and no other thread could make progress meanwhile.
         poller.wait(events_ref, timeout)
     } else {
-        py.detach(|| poller.wait(events_ref, timeout))
+        let started = this.stats.poll_started();
+        let waited = py.detach(|| poller.wait(events_ref, timeout));
+        this.stats.poll_ended(started);
+        waited
     }
     .map_err(os_error)?;
     let mut signal_numbers = Vec::new();
@@ -163,15 +220,18 @@ fn poll(
     {
         let mut state = this.state();
         let state = &mut *state;
+        let mut reported = 0;
         for ready in events.iter() {
             if ready.token == SIGNAL_TOKEN {
                 signal_numbers = io.signal_pipe.drain();
                 continue;
             }
+            reported += 1;
             state
                 .fds
                 .ready(py, poller, ready, &mut state.ready, &mut released);
         }
+        this.stats.io_events.add(reported);
     }
     // Outside the lock: dropping may run finalizers.
     drop(released);

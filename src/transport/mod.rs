@@ -9,8 +9,14 @@
 //! so `isinstance` checks hold. A PyO3 type cannot share a base with
 //! `asyncio.BaseTransport` (its `__slots__` make the layouts conflict), hence the split
 //! into a Python transport that owns a native core rather than one class.
+//!
+//! Datagram transports follow the same split with [`DatagramTransportCore`] (per
+//! datagram: `recvfrom` on readiness, `sendto` at once), under a Python subclass of
+//! asyncio's own datagram transport.
 
+mod datagram;
 mod socket;
 
+pub use datagram::{DatagramReader, DatagramTransportCore};
 pub use socket::SocketTransportCore;
 pub(crate) use socket::{with_read_scratch, MAX_READ};

@@ -22,12 +22,23 @@ The suite that runs is the one shipped with the interpreter running this script,
 How the loop under test is put in place (in each child process, before any test module is
 imported):
 
-* ``asyncio.DefaultEventLoopPolicy`` (which ``asyncio.events._init_event_loop_policy``
-  imports lazily with ``from . import DefaultEventLoopPolicy`` in 3.11-3.13) is replaced by
-  the loop's policy, so ``set_event_loop_policy(None)`` (done by every module's
-  ``tearDownModule`` and many tests) falls back to *our* policy, and
-  ``asyncio.new_event_loop()`` / ``asyncio.run()`` / ``IsolatedAsyncioTestCase`` produce our
-  loop.  The policy is also re-installed before every test if a test left another one.
+* The default policy class is replaced by one whose loops are the loop under test, so
+  ``set_event_loop_policy(None)`` (done by every module's ``tearDownModule`` and many tests)
+  falls back to *our* policy, and ``asyncio.new_event_loop()`` / ``asyncio.run()`` /
+  ``IsolatedAsyncioTestCase`` produce our loop.  Which name is replaced follows what
+  ``asyncio.events._init_event_loop_policy`` imports: ``asyncio.DefaultEventLoopPolicy`` in
+  3.11-3.13 (``from . import DefaultEventLoopPolicy``), ``unix_events._DefaultEventLoopPolicy``
+  from 3.14 on.  3.14 deprecates the policy API: ``asyncio.DefaultEventLoopPolicy`` is then
+  served (with a DeprecationWarning) by asyncio's module ``__getattr__``, so the harness must
+  not assign it - it returns our class anyway - and installs policies with
+  ``events._set_event_loop_policy``, as the 3.14 tests do.  The policy is also re-installed
+  before every test if a test left another one.
+* ``asyncio.EventLoop`` (3.13+, the platform's default loop class) is rebound to the loop
+  under test before any test module is imported: 3.14's test_taskgroups binds it in a class
+  body (``loop_factory = asyncio.EventLoop``) and test_tasks / test_eager_task_factory pass
+  it to ``asyncio.run(loop_factory=...)``.  On the stock run it is a class that hands out
+  stock loops marked as ours.  The tests in ``STOCK_EVENT_LOOP_TESTS``, which assert what
+  the alias itself is, see asyncio's own class.
 * Test classes that hard-code ``asyncio.SelectorEventLoop(...)`` in a loop-factory method
   (``create_event_loop`` / ``new_loop``: the Kqueue/EPoll/Poll/Select variants in
   test_events, test_sock_lowlevel, test_sendfile, and the Selector variants in test_server,
@@ -35,21 +46,31 @@ imported):
   named by replacing the selector word with ``Target`` (``TargetEventLoopTests``,
   ``TargetStartServerTests``...), whose factory returns the loop under test.  Classes in
   ``SETUP_PATCH_CLASSES`` that build a ``SelectorEventLoop`` inside ``setUp``
-  (test_unix_events, test_base_events), and in ``CUSTOM_VARIANTS`` that run on a mocked
-  bare ``BaseEventLoop()`` (test_runners, test_pep492 - both core modules) get the same
-  treatment (``TargetRunTests``, ``TargetCoroutineTests``...).  The generated names do not
-  depend on ``--loop`` so test ids line up between runs (``--compare-stock``).
+  (test_unix_events, test_base_events, 3.14's test_events.UnixPipeObjectSupportTests), and
+  in ``CUSTOM_VARIANTS`` that run on a mocked bare ``BaseEventLoop()`` (test_runners,
+  test_pep492 - both core modules) get the same treatment (``TargetRunTests``,
+  ``TargetCoroutineTests``...).  The generated names do not depend on ``--loop`` so test
+  ids line up between runs (``--compare-stock``).
+  (Checked on 3.14 and 3.15: every family, ``SETUP_PATCH_CLASSES`` and ``CUSTOM_VARIANTS``
+  class still exists under the same name and still gets its Target variant.)
 
 Honest accounting: ``asyncio.events._set_running_loop`` (and its re-exports
 ``asyncio._set_running_loop``, ``_asyncio._set_running_loop``, ``events._py__/_c__...``) is
 wrapped to record every loop set running while a test runs.  A test counts as "ran on
-<loop>" only if a loop of the loop under test was set running during it, or (for the
+<loop>" only if a loop of the loop under test was set running during it (in the test's
+process or in one it forked: forked children inherit the event pipe), or (for the
 generated Target variants) the test's own ``self.loop`` came from our factory - the latter
 so that tests such as ``test_close`` that exercise the loop without running it still count.
 For ``--loop asyncio`` "ours" means a loop created through the policy / Target factory (a
 ``WeakSet`` of them), NOT any SelectorEventLoop: tests that build ``SelectorEventLoop()`` or
 ``test_utils.TestLoop`` themselves are "not ours" on every loop, which keeps the stock and
 ferroloop columns comparable.
+
+Tests that are "not ours" on every loop, because they never run a loop, include: test_tools
+(3.14+: pure functions that render task trees and tables from ``_remote_debugging``-shaped
+data, no loop at all), test_runners' ``test_custom_factory`` (a ``Mock`` loop) and the
+``STOCK_EVENT_LOOP_TESTS``, test_eager_task_factory's ``test_issue105987`` (a child
+interpreter with a dummy loop), and the tests that only construct a loop or policy object.
 
 Columns: ``ran on X`` = non-skipped tests that ran on X; ``passed``/``failed``/``errors``
 are among those (errors also include class/module fixture and import failures, which stop a
@@ -112,6 +133,31 @@ CORE_EXCLUDED_TESTS: frozenset[str] = frozenset(
         # `_csock`) and skips itself on any other loop. ferroloop's wake-up channels are
         # native; that loop.close() releases them is in tests/test_loop_basics.py.
         "test.test_asyncio.test_events.TargetEventLoopTests.test_internal_fds",
+        # 3.11-3.13: installs a mock child watcher through the policy and expects
+        # create_subprocess_exec to ask it (is_active() False -> RuntimeError before the
+        # child starts). ferroloop watches its children itself with pidfds on every
+        # version and never consults the policy's watcher (a documented difference); its
+        # child watching is tested in tests/test_subprocess.py.
+        "test.test_asyncio.test_subprocess.GenericWatcherTests."
+        "test_create_subprocess_fails_with_inactive_watcher",
+        # 3.14+: forces the stock loop's threaded watcher and reads its private
+        # `loop._watcher._threads`. What it protects (the fallback thread never reaps
+        # before the loop publishes) holds for ferroloop's own fallback and is tested by
+        # tests/test_subprocess.py::test_no_pidfd_waits_in_a_thread.
+        "test.test_asyncio.test_subprocess.SubprocessThreadedWatcherTests."
+        "test_pid_not_reaped_before_exit_published",
+    }
+)
+
+#: Tests that must see asyncio's own ``asyncio.EventLoop`` (3.13+), which the harness
+#: otherwise rebinds to the loop under test: they assert what the alias *is* (a fact about
+#: asyncio's defaults, not about the loop), so on the loop under test they could only
+#: fail by construction.  They run on the stock SelectorEventLoop, i.e. "not ours".
+STOCK_EVENT_LOOP_TESTS: frozenset[str] = frozenset(
+    {
+        # asyncio.run(main(), loop_factory=asyncio.EventLoop), then
+        # assertIsInstance(get_running_loop(), asyncio.SelectorEventLoop).
+        "test.test_asyncio.test_runners.TargetRunTests.test_loop_factory_default_event_loop",
     }
 )
 
@@ -127,6 +173,8 @@ LOOP_FACTORY_METHODS = ("create_event_loop", "new_loop")
 SETUP_PATCH_CLASSES = {
     "test_unix_events": ("SelectorEventLoopUnixSocketTests",),
     "test_base_events": ("BaseEventLoopWithSelectorTests",),
+    # 3.14+: which file types connect_read_pipe / connect_write_pipe accept or reject.
+    "test_events": ("UnixPipeObjectSupportTests",),
 }
 
 #: Classes whose tests run on a bare ``asyncio.BaseEventLoop()`` with mocked internals; their
@@ -270,14 +318,33 @@ class _Harness:
         import asyncio.unix_events as unix_events
         import weakref
 
-        stock_policy = asyncio.DefaultEventLoopPolicy
+        # 3.14 deprecated the policy API: ``asyncio.DefaultEventLoopPolicy`` is served by
+        # asyncio's module ``__getattr__`` (which warns), ``_init_event_loop_policy``
+        # imports ``unix_events._DefaultEventLoopPolicy`` and the tests reset with
+        # ``events._set_event_loop_policy(None)``.  Patch what that import reads and leave
+        # the deprecated names alone, so that their warnings still fire as on stock.
+        deprecated_api = hasattr(unix_events, "_DefaultEventLoopPolicy")
+        if deprecated_api:
+            stock_policy = unix_events._DefaultEventLoopPolicy
+        else:
+            stock_policy = unix_events.DefaultEventLoopPolicy
+        # Bound now: the SETUP_PATCH_CLASSES variants temporarily rebind the name.
+        stock_loop_cls = asyncio.SelectorEventLoop
         if self.loop_name == "ferroloop":
             import ferroloop
 
             loop_cls = ferroloop.Loop
-            self.policy_cls = ferroloop.EventLoopPolicy
+            if deprecated_api:
+                # ferroloop.EventLoopPolicy derives from the deprecated public alias; the
+                # same policy, built on the class asyncio itself uses from 3.14 on.
+                self.policy_cls = type(
+                    "FerroloopPolicy", (stock_policy,), {"_loop_factory": loop_cls}
+                )
+            else:
+                self.policy_cls = ferroloop.EventLoopPolicy
             self.new_loop = ferroloop.new_event_loop
             self.is_ours = lambda loop: isinstance(loop, loop_cls)
+            event_loop_cls = loop_cls
         elif self.loop_name == "uvloop":
             import uvloop
 
@@ -290,13 +357,12 @@ class _Harness:
             )
             self.new_loop = uvloop.new_event_loop
             self.is_ours = lambda loop: isinstance(loop, loop_cls)
+            event_loop_cls = loop_cls
         else:
             ours = weakref.WeakSet()
-            # Bound now: the SETUP_PATCH_CLASSES variants temporarily rebind the name.
-            stock_loop_cls = asyncio.SelectorEventLoop
 
-            def new_stock_loop():
-                loop = stock_loop_cls()
+            def new_stock_loop(*args, **kwargs):
+                loop = stock_loop_cls(*args, **kwargs)
                 ours.add(loop)
                 return loop
 
@@ -306,10 +372,20 @@ class _Harness:
             )
             self.new_loop = new_stock_loop
             self.is_ours = lambda loop: loop in ours
+            event_loop_cls = _factory_class("EventLoop", stock_loop_cls, new_stock_loop)
 
-        asyncio.DefaultEventLoopPolicy = self.policy_cls
-        unix_events.DefaultEventLoopPolicy = self.policy_cls
-        asyncio.set_event_loop_policy(self.policy_cls())
+        if deprecated_api:
+            unix_events._DefaultEventLoopPolicy = self.policy_cls
+        else:
+            asyncio.DefaultEventLoopPolicy = self.policy_cls
+            unix_events.DefaultEventLoopPolicy = self.policy_cls
+        # ``asyncio.EventLoop`` (3.13+) is the platform's default loop class; tests take it
+        # as a ``loop_factory`` (3.14's test_taskgroups binds it in a class body, so this
+        # must happen before any test module is imported).
+        self.stock_event_loop = getattr(unix_events, "EventLoop", None)
+        self.event_loop_cls = event_loop_cls if self.stock_event_loop is not None else None
+        self._bind_event_loop(self.event_loop_cls)
+        self._set_policy(self.policy_cls())
 
         probe = asyncio.new_event_loop()
         try:
@@ -319,14 +395,46 @@ class _Harness:
                 )
         finally:
             probe.close()
+        if self.event_loop_cls is not None:
+            probe = asyncio.EventLoop()
+            try:
+                if not self.is_ours(probe):
+                    raise RuntimeError(
+                        f"asyncio.EventLoop() returned {type(probe)!r}, not the loop under test"
+                    )
+            finally:
+                probe.close()
 
-    def ensure_policy(self) -> None:
-        """Re-install our policy if the previous test (or tearDownModule) replaced it."""
+    def _bind_event_loop(self, cls) -> None:
+        """Make ``asyncio.EventLoop`` ``cls`` (nothing to do before 3.13)."""
+        import asyncio
+        import asyncio.unix_events as unix_events
+
+        if cls is not None:
+            asyncio.EventLoop = unix_events.EventLoop = cls
+
+    @staticmethod
+    def _set_policy(policy) -> None:
+        """Install ``policy`` without the deprecation warning 3.14 gives the public API."""
         import asyncio
         import asyncio.events as events
 
+        setter = getattr(events, "_set_event_loop_policy", None) or asyncio.set_event_loop_policy
+        setter(policy)
+
+    def ensure_policy(self) -> None:
+        """Re-install our policy if the previous test (or tearDownModule) replaced it."""
+        import asyncio.events as events
+
         if not isinstance(getattr(events, "_event_loop_policy", None), self.policy_cls):
-            asyncio.set_event_loop_policy(self.policy_cls())
+            self._set_policy(self.policy_cls())
+
+    def begin_test(self, test_id: str) -> None:
+        """Per-test set-up: our policy, and the ``asyncio.EventLoop`` the test should see."""
+        self.ensure_policy()
+        if self.event_loop_cls is not None:
+            stock = test_id in STOCK_EVENT_LOOP_TESTS
+            self._bind_event_loop(self.stock_event_loop if stock else self.event_loop_cls)
 
     def target_factory(self):
         """Loop factory used by the generated Target variants."""
@@ -334,6 +442,21 @@ class _Harness:
         if self.is_ours(loop):
             self.target_loop_created = True
         return loop
+
+
+def _factory_class(name: str, base: type, factory) -> type:
+    """A subclass of ``base`` whose instantiation returns ``factory(*args, **kwargs)``.
+
+    Stands in for ``asyncio.EventLoop`` on the stock run: a class (so that a class body's
+    ``loop_factory = asyncio.EventLoop`` does not bind it as a method) that hands out real
+    stock loops, marked as ours by ``factory``.  They are not instances of this subclass,
+    so ``__init__`` does not run twice.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return factory(*args, **kwargs)
+
+    return type(name, (base,), {"__new__": __new__, "__module__": __name__})
 
 
 def _target_name(name: str) -> str:
@@ -488,7 +611,7 @@ def _make_result_class(harness: _Harness, log_file):
             self._begin(test)
 
         def _begin(self, test):
-            harness.ensure_policy()
+            harness.begin_test(test.id())
             harness.loops_seen = {}
             harness.target_loop_created = False
             harness.current_id = test.id()
@@ -584,6 +707,12 @@ def child_main(args: argparse.Namespace) -> int:
     faulthandler.enable(file=log_file, all_threads=True)
     # The parent sends SIGUSR1 before killing a hung child: dump where every thread is.
     faulthandler.register(signal.SIGUSR1, file=log_file, all_threads=True)
+    # A runner started in the background by a shell without job control (CI scripts,
+    # `cmd &`) inherits SIGINT ignored, and then Python installs no KeyboardInterrupt
+    # handler: test_runners' interrupt tests (`_thread.interrupt_main()`) hang on every
+    # loop. The suite assumes an interpreter started normally, so give it that.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     # Move the event pipe far above the fds tests use: descriptors are allocated lowest
     # first, so a loop that double-closes a (low) fd cannot close or reuse ours.
@@ -771,14 +900,21 @@ class ModuleRunner:
                             self.started.add(current)
                             state["progress"] = True
                         elif kind == "loop":
-                            current_loops[ev["type"]] = current_loops.get(ev["type"]) or ev["ours"]
+                            if ev["id"] == current:
+                                prev = current_loops.get(ev["type"])
+                                current_loops[ev["type"]] = prev or ev["ours"]
                         elif kind == "result":
+                            # "loop" events also come from processes the test forked
+                            # (they inherit the pipe): a loop of ours that ran there
+                            # ran for this test, though the test's own process never
+                            # saw it (test_unix_events.TestFork's asyncio.run in a
+                            # multiprocessing 'fork' child).
                             self._add(
                                 TestRecord(
                                     ev["id"],
                                     ev["outcome"],
-                                    ev["ours"],
-                                    ev["loops"],
+                                    ev["ours"] or any(current_loops.values()),
+                                    sorted(set(ev["loops"]) | set(current_loops)),
                                     ev["dur"],
                                     ev["msg"],
                                     ev["tb"],
@@ -1001,8 +1137,9 @@ def schedule(modules: list[str]) -> list[str]:
 def check_loop_importable(loop: str) -> str | None:
     """Return an error message if the loop package cannot be used by a child."""
     code = {
-        "ferroloop": "import ferroloop; ferroloop.Loop; ferroloop.EventLoopPolicy; "
-        "ferroloop.new_event_loop",
+        # The harness builds its own policy where the policy API is deprecated (3.14+).
+        "ferroloop": "import ferroloop; ferroloop.Loop; ferroloop.new_event_loop"
+        + ("" if sys.version_info >= (3, 14) else "; ferroloop.EventLoopPolicy"),
         "uvloop": "import uvloop; uvloop.Loop",
         "asyncio": "import asyncio",
     }[loop]
