@@ -18,6 +18,9 @@ __all__ = [
     "RecvWhenReadable",
     "SocketOperation",
     "SocketTransportCore",
+    "Acceptor",
+    "AcceptedConnection",
+    "_register_transport",
     "__version__",
 ]
 __version__: str
@@ -213,27 +216,29 @@ class SocketOperation:
     @property
     def __name__(self) -> str: ...  # type: ignore[override]
 
+@final
 class Acceptor:
     """The reader callback of a listening socket: asyncio's ``_accept_connection``,
     native; called with asyncio's arguments."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         event_loop: LoopCore,
         family: int,
         sock_type: int,
         proto: int,
         unix_sockname: Any = None,
-    ) -> None: ...
-    def __call__(self, *args: Any) -> None: ...
+    ) -> Acceptor: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
     @property
     def __qualname__(self) -> str: ...  # type: ignore[override]
 
+@final
 class AcceptedConnection:
     """The first step of an accepted connection (protocol factory, transport), scheduled
     for the iteration after the accept."""
 
-    def __call__(self) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
-def _register_transport(registry: Any, fd: int, transport: Any) -> None:
+def _register_transport(registry: Any, fd: Any, transport: Any) -> None:
     """``registry[fd] = transport`` for the loop's transport registry."""
