@@ -945,7 +945,7 @@ def test_accepted_transport_is_made_as_init_makes_it(ferroloop):
         for transport in (by_init, accepted):
             transport.close()
         loop.run_until_complete(asyncio.sleep(0))
-        for a, b in pairs:
+        for _, b in pairs:
             b.close()
     finally:
         loop.close()

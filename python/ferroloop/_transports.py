@@ -369,8 +369,13 @@ def accepted_transport(loop, sock, fd, protocol, extra, server, context):
         else:
             server._attach()
     _register_transport(loop._transports, fd, self)
-    loop.call_soon(protocol.connection_made, self, context=context)
-    loop.call_soon(self._add_reader, fd, core._read_ready, context=context)
+    if context is None:
+        # The same calls without the keyword (before 3.15 there is no context).
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._add_reader, fd, core._read_ready)
+    else:
+        loop.call_soon(protocol.connection_made, self, context=context)
+        loop.call_soon(self._add_reader, fd, core._read_ready, context=context)
     return self
 
 

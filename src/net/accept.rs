@@ -42,7 +42,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
-use crate::py_cache::{CachedAttr, SOCKET_TYPE};
+use crate::py_cache::CachedAttr;
 
 use super::sockaddr;
 
@@ -123,6 +123,24 @@ impl<'py> ServeArgs<'py> {
     }
 }
 
+/// What one readiness report's accepts share.
+struct Round<'py> {
+    /// The connections' first step is native (not asyncio's Task).
+    native: bool,
+    /// The loop's `call_soon`, looked up at the first connection.
+    call_soon: Option<Bound<'py, PyAny>>,
+}
+
+impl<'py> Round<'py> {
+    fn call_soon(&mut self, event_loop: &Bound<'py, PyAny>) -> PyResult<&Bound<'py, PyAny>> {
+        if self.call_soon.is_none() {
+            let py = event_loop.py();
+            self.call_soon = Some(event_loop.getattr(intern!(py, "call_soon"))?);
+        }
+        Ok(self.call_soon.as_ref().expect("looked up above"))
+    }
+}
+
 /// The reader callback of one listening socket: asyncio's `_accept_connection`, native
 /// (see the module documentation). Registered by `Loop._start_serving` with asyncio's
 /// arguments, which it reads on every call, so the handle looks and reports as asyncio's.
@@ -184,24 +202,21 @@ impl Acceptor {
 
     /// One accepted connection: its socket object, then the first step of asyncio's
     /// `_accept_connection2` scheduled for the next iteration.
-    fn accepted(
+    fn accepted<'py>(
         &self,
-        event_loop: &Bound<'_, LoopCore>,
-        args: &ServeArgs<'_>,
+        event_loop: &Bound<'py, LoopCore>,
+        args: &ServeArgs<'py>,
         accepted: sockaddr::Accepted,
-        native: bool,
+        round: &mut Round<'py>,
     ) -> PyResult<()> {
+        let native = round.native;
         let py = event_loop.py();
         let addr = accepted.peer.to_python(py)?;
         // Non-blocking already (accept4's flag): the type says so, and the socket object
         // is made in the state asyncio's `setblocking(False)` leaves it in.
         let fd = accepted.fd.as_raw_fd();
-        let conn = SOCKET_TYPE.get(py)?.call1((
-            self.family,
-            self.sock_type | libc::SOCK_NONBLOCK,
-            self.proto,
-            fd,
-        ))?;
+        let sock_type = self.sock_type | libc::SOCK_NONBLOCK;
+        let conn = super::socket_object::new_socket(py, self.family, sock_type, self.proto, fd)?;
         // The socket object owns the descriptor now.
         let _ = accepted.fd.into_raw_fd();
         let loop_any = event_loop.as_any();
@@ -238,14 +253,15 @@ impl Acceptor {
                 context: conn_context.as_ref().map(|c| c.clone().unbind()),
             };
             let step = Bound::new(py, step)?;
+            let call_soon = round.call_soon(loop_any)?;
             match conn_context {
                 Some(context) => {
                     let kwargs = PyDict::new(py);
                     kwargs.set_item(intern!(py, "context"), context)?;
-                    loop_any.call_method(intern!(py, "call_soon"), (step,), Some(&kwargs))?;
+                    call_soon.call((step,), Some(&kwargs))?;
                 }
                 None => {
-                    loop_any.call_method1(intern!(py, "call_soon"), (step,))?;
+                    call_soon.call1((step,))?;
                 }
             }
             return Ok(());
@@ -328,12 +344,16 @@ impl Acceptor {
                 .getattr(intern!(py, "_task_factory"))?
                 .is_none();
         let fileno = intern!(py, "fileno");
+        let mut round = Round {
+            native,
+            call_soon: None,
+        };
         for _ in 0..tries {
             // Asked each time, as `sock.accept()` does: a callback run in between (an
             // exception handler, a log handler) may have closed the socket.
             let fd: i32 = args.sock.call_method0(fileno)?.extract()?;
             match sockaddr::accept(fd, || py.check_signals())? {
-                Ok(accepted) => self.accepted(&event_loop, &args, accepted, native)?,
+                Ok(accepted) => self.accepted(&event_loop, &args, accepted, &mut round)?,
                 Err(err) => {
                     if !Self::failed(&event_loop, &args, err)? {
                         return Ok(());

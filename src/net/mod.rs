@@ -5,6 +5,7 @@ mod accept;
 mod registry;
 mod sock_op;
 mod sockaddr;
+mod socket_object;
 
 pub use accept::{AcceptedConnection, Acceptor};
 pub use registry::_register_transport;
