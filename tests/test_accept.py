@@ -468,6 +468,33 @@ def test_transport_creation_failing_is_reported_with_the_protocol(loop):
     assert "is used by transport" in report["str"]
 
 
+def test_accept_error_is_reported_as_asyncio_callback_error(loop):
+    """An accept() error other than running out of resources is raised out of asyncio's
+    accept callback, which the loop reports (a listener shut down: EINVAL)."""
+    reports = []
+
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+
+        def handler(loop, context):
+            reports.append(summary(context) | {"handle": repr(context["handle"])})
+            server.close()
+
+        loop.set_exception_handler(handler)
+        server._sockets[0].shutdown(socket.SHUT_RD)
+        await server.wait_closed()
+        return server
+
+    run(loop, main())
+    (report,) = reports
+    assert report["message"].startswith(
+        "Exception in callback BaseSelectorEventLoop._accept_connection("
+    )
+    assert report["handle"].startswith("<Handle BaseSelectorEventLoop._accept_connection(")
+    assert report["exception"] is OSError
+    assert report["str"] == "[Errno 22] Invalid argument"
+
+
 # --------------------------------------------------------------------------------------
 # How many connections one readiness report accepts
 # --------------------------------------------------------------------------------------

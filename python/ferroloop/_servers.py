@@ -28,7 +28,15 @@ _TAKES_CONTEXT = (
 
 # The methods the native accept loop stands in for: a Loop subclass that defines its own
 # keeps asyncio's loop, which calls them.
-_ACCEPT_PATH = ("_accept_connection", "_accept_connection2", "_make_socket_transport")
+_ACCEPT_PATH = (
+    "_accept_connection",
+    "_accept_connection2",
+    "_make_socket_transport",
+    "create_task",
+)
+# The backlogs the native loop counts accept() calls with (asyncio's range(backlog)
+# takes any int).
+_BACKLOG_RANGE = range(-(2**62), 2**62)
 
 
 def _accept_callback(loop, sock, backlog):
@@ -37,6 +45,9 @@ def _accept_callback(loop, sock, backlog):
     native = (
         type(sock) is socket.socket
         and type(backlog) is int
+        and backlog in _BACKLOG_RANGE
+        # A closed socket: asyncio's _add_reader(-1, ...) refuses it, with its error.
+        and sock.fileno() != -1
         and sock.family in _NATIVE_FAMILIES
         and all(getattr(cls, name) is _OWN[name] for name in _ACCEPT_PATH)
     )

@@ -115,11 +115,12 @@ impl<'py> ServeArgs<'py> {
         })
     }
 
-    /// How many connections one readiness report accepts at most.
+    /// How many connections one readiness report accepts at most: asyncio's
+    /// `range(backlog)` (3.14+: `range(backlog + 1)`).
     fn tries(&self) -> PyResult<u64> {
         let backlog = self.backlog.extract::<i64>()?;
-        let extra = u64::from(rules(self.backlog.py()).extra_try_and_skip_aborted);
-        Ok(u64::try_from(backlog).unwrap_or(0).saturating_add(extra))
+        let extra = i64::from(rules(self.backlog.py()).extra_try_and_skip_aborted);
+        Ok(u64::try_from(backlog.saturating_add(extra)).unwrap_or(0))
     }
 }
 
