@@ -10,6 +10,7 @@ mod event_loop;
 mod ffi;
 mod net;
 mod py_cache;
+mod tls;
 mod transport;
 
 use pyo3::prelude::*;
@@ -31,6 +32,8 @@ mod _ferroloop {
     use crate::event_loop::LoopCore;
     #[pymodule_export]
     use crate::net::{RecvWhenReadable, SocketOperation};
+    #[pymodule_export]
+    use crate::tls::SslProtocolCore;
     #[pymodule_export]
     use crate::transport::SocketTransportCore;
 
