@@ -375,7 +375,6 @@ def pattern(size: int) -> bytes:
 
 @scenario(**{"peer received": TEN_MIB, "paused at least once": True, "balanced": True})
 async def ten_mib_to_a_slow_reader(certs):
-    loop = asyncio.get_running_loop()
     ours, theirs = pair()
     release = threading.Event()
 
