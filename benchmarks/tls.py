@@ -367,7 +367,9 @@ def report(loops, cells, results, errors, versions, args, pinned) -> str:
             row.append(f"{med[k]['cpu_us'] / med[first]['cpu_us']:.2f}x" if ok else "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines = [
+        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     where = f"server on CPU {min(pinned)}" if pinned else "not pinned"
     meta = (
