@@ -380,9 +380,7 @@ impl SslProtocolCore {
         };
         let mut this = slf.borrow_mut();
         this.app_protocol = (!protocol.is_none()).then(|| protocol.clone().unbind());
-        if buffered.is_some() || !protocol.is_none() {
-            this.app_buffered = buffered;
-        }
+        this.app_buffered = buffered;
         Ok(())
     }
 
