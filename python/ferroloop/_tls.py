@@ -18,7 +18,7 @@ import inspect
 import ssl
 import types
 import warnings
-from asyncio import base_events, constants, exceptions, protocols, sslproto, transports
+from asyncio import base_events, constants, exceptions, sslproto, transports
 from asyncio.log import logger
 from asyncio.sslproto import AppProtocolState, SSLProtocolState
 
@@ -187,8 +187,14 @@ class _SSLProtocolTransport(transports._FlowControlMixin, transports.Transport):
         self._ssl_protocol._append_write_backlog(data)
 
 
-class SSLProtocol(SSLProtocolCore, protocols.BufferedProtocol):
-    """asyncio's SSL protocol over the user's ``SSLContext``, its hot paths native."""
+class SSLProtocol(SSLProtocolCore, sslproto.SSLProtocol):
+    """asyncio's SSL protocol over the user's ``SSLContext``, its hot paths native.
+
+    A subclass of stock's ``sslproto.SSLProtocol`` (so ``isinstance`` checks and code
+    that patches the stock class, as CPython's own tests do, still see it), whose every
+    method that touches the state is overridden here or natively; ``connection_made``
+    is inherited (it records the transport and starts the handshake).
+    """
 
     max_size = 256 * 1024  # The receive buffer, and the most one read decrypts.
 
@@ -277,11 +283,6 @@ class SSLProtocol(SSLProtocolCore, protocols.BufferedProtocol):
             return self._transport is not None and self._transport.is_closing()
 
     # -- the socket transport's callbacks ------------------------------------------------
-
-    def connection_made(self, transport) -> None:
-        """The connection is up: start the handshake."""
-        self._transport = transport
-        self._start_handshake()
 
     def connection_lost(self, exc) -> None:
         """The socket transport is closed (``exc`` None for an EOF, abort or close)."""
