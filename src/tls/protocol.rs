@@ -22,10 +22,26 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use super::bio::{is_again, is_exception, is_ssl_error, SslCalls};
 use super::read::{read_buffered, read_copied};
 use super::state::State;
+use crate::py_cache::CachedAttr;
 
 /// What stock asyncio's `SSLProtocol.max_size` is: the size of the receive buffer and
 /// the most one decrypting read asks for.
 const DEFAULT_MAX_SIZE: usize = 256 * 1024;
+
+/// The receive buffer a connection starts with: room for one whole TLS record (16 KiB of
+/// data plus header and cipher overhead). It grows to `max_size` the first time a read
+/// fills it, so a connection that only handshakes (or stays idle) never allocates, and
+/// never touches, the 256 KiB stock gives every connection.
+const INITIAL_BUFFER: usize = 17 * 1024;
+
+static BUFFERED_PROTOCOL: CachedAttr = CachedAttr::new("asyncio.protocols", "BufferedProtocol");
+
+/// A zeroed bytearray of `size` bytes and a memoryview of it.
+fn new_buffer(py: Python<'_>, size: usize) -> PyResult<(Py<PyByteArray>, Py<PyAny>)> {
+    let buffer = PyByteArray::new_with(py, size, |_| Ok(()))?;
+    let view = PyMemoryView::from(buffer.as_any())?.into_any().unbind();
+    Ok((buffer.unbind(), view))
+}
 
 /// `KeyboardInterrupt` or `SystemExit`, which stock lets through its error handling.
 pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
@@ -40,7 +56,8 @@ pub struct SslProtocolCore {
     pub(crate) state: State,
     calls: Option<Arc<SslCalls>>,
     /// The receive buffer handed to the transport, also where decrypted bytes land
-    /// before they are copied out (the received bytes are in the BIO by then).
+    /// before they are copied out (the received bytes are in the BIO by then);
+    /// [`INITIAL_BUFFER`] bytes at first, `max_size` once a read filled it.
     buffer: Option<Py<PyByteArray>>,
     /// A memoryview of `buffer`: what `get_buffer()` returns, as stock.
     view: Option<Py<PyAny>>,
@@ -234,6 +251,25 @@ impl SslProtocolCore {
         }
     }
 
+    /// A read filled the starting buffer: more is coming than it holds, so take the
+    /// full `max_size` from now on (the transport is done with the old one).
+    fn grow_if_filled(slf: &Bound<'_, Self>, nbytes: isize) -> PyResult<()> {
+        let py = slf.py();
+        let (len, max_size) = {
+            let this = slf.borrow();
+            let len = this.buffer.as_ref().map_or(0, |b| b.bind(py).len());
+            (len, this.max_size)
+        };
+        if len >= max_size || usize::try_from(nbytes).unwrap_or(0) < len {
+            return Ok(());
+        }
+        let (buffer, view) = new_buffer(py, max_size)?;
+        let mut this = slf.borrow_mut();
+        this.buffer = Some(buffer);
+        this.view = Some(view);
+        Ok(())
+    }
+
     /// What new input means in the current state.
     fn advance(slf: &Bound<'_, Self>) -> PyResult<()> {
         let state = slf.borrow().state;
@@ -278,7 +314,7 @@ impl SslProtocolCore {
     }
 
     /// Takes the connection's `SSLObject` and BIOs, looks their methods up once, and
-    /// allocates the receive buffer of `max_size` bytes.
+    /// allocates the receive buffer (see [`INITIAL_BUFFER`]; it grows to `max_size`).
     fn _init_ssl(
         slf: &Bound<'_, Self>,
         sslobj: &Bound<'_, PyAny>,
@@ -289,11 +325,10 @@ impl SslProtocolCore {
         let py = slf.py();
         let calls = SslCalls::new(sslobj, incoming, outgoing)?;
         let max_size = max_size.max(1);
-        let buffer = PyByteArray::new_with(py, max_size, |_| Ok(()))?;
-        let view = PyMemoryView::from(buffer.as_any())?.into_any().unbind();
+        let (buffer, view) = new_buffer(py, INITIAL_BUFFER.min(max_size))?;
         let mut this = slf.borrow_mut();
         this.calls = Some(Arc::new(calls));
-        this.buffer = Some(buffer.unbind());
+        this.buffer = Some(buffer);
         this.view = Some(view);
         this.max_size = max_size;
         Ok(())
@@ -365,11 +400,8 @@ impl SslProtocolCore {
     /// decrypted bytes in its own buffer, any other protocol `data_received()`.
     fn _set_app_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let buffered_type = py
-            .import("asyncio.protocols")?
-            .getattr("BufferedProtocol")?;
         let buffered = if protocol.hasattr(intern!(py, "get_buffer"))?
-            && protocol.is_instance(&buffered_type)?
+            && protocol.is_instance(BUFFERED_PROTOCOL.get(py)?)?
         {
             Some((
                 protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
@@ -410,10 +442,24 @@ impl SslProtocolCore {
         self.backlog.clear();
     }
 
-    /// `get_buffer(n)`: where the transport reads received bytes into.
-    fn get_buffer(&self, py: Python<'_>, n: isize) -> PyResult<Py<PyAny>> {
-        let _ = n;
-        self.view
+    /// `get_buffer(n)`: where the transport reads received bytes into; at least `n`
+    /// bytes for a positive hint up to `max_size` (-1 or 0: any size, as for stock).
+    fn get_buffer(slf: &Bound<'_, Self>, n: isize) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let wanted = usize::try_from(n).unwrap_or(0);
+        let (len, max_size) = {
+            let this = slf.borrow();
+            let len = this.buffer.as_ref().map_or(0, |b| b.bind(py).len());
+            (len, this.max_size)
+        };
+        if wanted > len && len < max_size {
+            let (buffer, view) = new_buffer(py, max_size)?;
+            let mut this = slf.borrow_mut();
+            this.buffer = Some(buffer);
+            this.view = Some(view);
+        }
+        slf.borrow()
+            .view
             .as_ref()
             .map(|v| v.clone_ref(py))
             .ok_or_else(|| PyRuntimeError::new_err("SSL protocol is not initialised"))
@@ -431,6 +477,7 @@ impl SslProtocolCore {
         let received = view.bind(py).get_item(PySlice::new(py, 0, nbytes, 1))?;
         calls.feed(py, &received)?;
         drop(received);
+        Self::grow_if_filled(slf, nbytes)?;
         Self::advance(slf)
     }
 

@@ -53,8 +53,9 @@ fn tail<'py>(view: &Bound<'py, PyAny>, start: usize) -> PyResult<Bound<'py, PyAn
     view.get_item(PySlice::new(py, start as isize, isize::MAX, 1))
 }
 
-/// The decrypted bytes available now, read into `buffer` (the protocol's own, of
-/// `max_size` bytes, `view` a memoryview of it), as one `bytes`.
+/// The decrypted bytes available now, read into `buffer` (the protocol's own; `view` a
+/// memoryview of it), as one `bytes`. `max_size` is what stock's reads ask for (used for
+/// an `SSLObject` subclass, read as stock reads it).
 pub(crate) fn read_copied<'py>(
     py: Python<'py>,
     calls: &SslCalls,
@@ -65,12 +66,13 @@ pub(crate) fn read_copied<'py>(
     if !calls.direct {
         return read_copied_as_stock(py, calls, max_size);
     }
-    // Records past the first max_size bytes (a burst larger than the buffer).
+    let capacity = buffer.len();
+    // Records past the first `capacity` bytes (a burst larger than the buffer).
     let mut spilled: Vec<u8> = Vec::new();
     let mut filled = 0usize;
     let mut eof = false;
     loop {
-        if filled == max_size {
+        if filled == capacity {
             spilled.extend_from_slice(prefix(buffer, filled));
             filled = 0;
         }
@@ -79,7 +81,7 @@ pub(crate) fn read_copied<'py>(
         } else {
             tail(view, filled)?
         };
-        match read_step(py, calls, max_size - filled, &target)? {
+        match read_step(py, calls, capacity - filled, &target)? {
             Step::Got(0) => {
                 eof = true;
                 break;
