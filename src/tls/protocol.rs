@@ -106,6 +106,7 @@ impl SslProtocolCore {
             .ok_or_else(|| PyRuntimeError::new_err("SSL protocol is not initialised"))
     }
 
+    /// The loop the connection runs on (for `call_soon` and the exception handler).
     pub(crate) fn event_loop<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         slf.borrow()
