@@ -11,6 +11,7 @@ mod ffi;
 mod net;
 mod observe;
 mod py_cache;
+mod tls;
 mod transport;
 
 use pyo3::prelude::*;
@@ -32,6 +33,8 @@ mod _ferroloop {
     use crate::event_loop::LoopCore;
     #[pymodule_export]
     use crate::net::{RecvWhenReadable, SocketOperation};
+    #[pymodule_export]
+    use crate::tls::SslProtocolCore;
     #[pymodule_export]
     use crate::transport::{DatagramReader, DatagramTransportCore, SocketTransportCore};
 

@@ -29,12 +29,11 @@ from asyncio import (
     coroutines,
     events,
     selector_events,
-    sslproto,
     unix_events,
 )
 from asyncio.log import logger
 
-from . import _observe, _subprocess
+from . import _observe, _subprocess, _tls
 from ._datagram import DatagramTransport
 from ._ferroloop import Handle, LoopCore, SocketOperation
 from ._transports import SocketTransport
@@ -224,10 +223,10 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
         context=None,
     ):
-        # TLS is asyncio's SSLProtocol (a BufferedProtocol) over a plain socket transport,
-        # so ssl.SSLContext objects and the stock handshake/shutdown logic apply as is.
+        # TLS is ferroloop's SSLProtocol (stock's state machine, its per-record work
+        # native) over a plain socket transport, driving the user's own SSLContext.
         self._ensure_fd_no_transport(rawsock)
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = _tls.SSLProtocol(
             self,
             protocol,
             sslcontext,
@@ -239,6 +238,9 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         )
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server, context=context)
         return ssl_protocol._app_transport
+
+    # Upgrading a connection: stock's start_tls, with ferroloop's SSLProtocol.
+    start_tls = _tls.start_tls
 
     # Subprocesses: asyncio's transport, ferroloop's own child-exit watching (pidfds in
     # the poller; no child watcher, on any version).
