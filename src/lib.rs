@@ -32,7 +32,7 @@ mod _ferroloop {
     #[pymodule_export]
     use crate::net::{RecvWhenReadable, SocketOperation};
     #[pymodule_export]
-    use crate::transport::SocketTransportCore;
+    use crate::transport::{ReadPipeCore, SocketTransportCore, WritePipeCore};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

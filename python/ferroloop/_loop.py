@@ -36,6 +36,7 @@ from asyncio.log import logger
 
 from . import _subprocess
 from ._ferroloop import Handle, LoopCore, SocketOperation
+from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transports import SocketTransport
 
 __all__ = ["Loop"]
@@ -232,6 +233,14 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server, context=context)
         return ssl_protocol._app_transport
 
+    # Pipes (and so the stdio of subprocesses, which asyncio connects through
+    # connect_read_pipe/connect_write_pipe): native transports with asyncio's semantics.
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+
     # Subprocesses: asyncio's transport, ferroloop's own child-exit watching (pidfds in
     # the poller; no child watcher, on any version).
     _make_subprocess_transport = _subprocess.make_subprocess_transport
@@ -409,8 +418,8 @@ _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"
 
 # Servers and the accept loop, datagram transports: asyncio's selector-loop
 # implementations, driving their sockets through the same native reader/writer layer
-# (stream transports and _stop_serving are ferroloop's own, defined on Loop above). The
-# Unix loop adds Unix-socket endpoints and pipes, and the os.sendfile transport path.
+# (stream and pipe transports and _stop_serving are ferroloop's own, defined on Loop
+# above). The Unix loop adds Unix-socket endpoints and the os.sendfile transport path.
 _adopt(
     unix_events._UnixSelectorEventLoop,
     lambda name: name.startswith(("_make_", "create_unix_")),

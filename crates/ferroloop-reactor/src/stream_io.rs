@@ -1,10 +1,12 @@
-//! Non-blocking I/O on a connected stream socket, by raw descriptor.
+//! Non-blocking I/O on a stream (a connected socket, a pipe, a character device), by raw
+//! descriptor.
 //!
-//! The binding crate's transports keep a descriptor number, not an owned socket: the
-//! Python `socket.socket` object owns it and closes it. These calls never block (the
-//! socket is non-blocking) and report `WouldBlock`/`Interrupted` like any other error,
-//! so the caller decides whether to wait for readiness or to retry after running
-//! signal handlers.
+//! The binding crate's transports keep a descriptor number, not an owned file: the
+//! Python object (`socket.socket`, a pipe's file object) owns it and closes it. These
+//! calls never block (the descriptor is non-blocking) and report `WouldBlock` like any
+//! other error, so the caller decides whether to wait for readiness; a signal
+//! interrupting the call (`EINTR`) is retried, as Python's own `os.read`/`socket.recv`
+//! retry it (PEP 475).
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -47,6 +49,20 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     let fd = borrowed(fd)?;
     retry_interrupted(|| rustix::net::send(fd, buf, SendFlags::NOSIGNAL))
+}
+
+/// Reads what is available into `buf` with `read(2)`, for descriptors that are not
+/// sockets (pipes, ttys); `Ok(0)` means end of file (every writer closed its end).
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let fd = borrowed(fd)?;
+    retry_interrupted(|| rustix::io::read(fd, &mut *buf))
+}
+
+/// Writes as much of `buf` as the descriptor takes now, with `write(2)`. A pipe whose
+/// reader is gone fails with `EPIPE` (Python ignores `SIGPIPE`, as `os.write` relies on).
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let fd = borrowed(fd)?;
+    retry_interrupted(|| rustix::io::write(fd, buf))
 }
 
 /// Sends FIN after the queued data (`shutdown(SHUT_WR)`).
@@ -93,6 +109,41 @@ mod tests {
         drop(b);
         let err = send(a.as_raw_fd(), b"x").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn pipe_read_write_eof_and_epipe() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        rustix::io::ioctl_fionbio(&r, true).unwrap();
+        rustix::io::ioctl_fionbio(&w, true).unwrap();
+        let mut buf = [0u8; 16];
+        let err = read(r.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock);
+        assert_eq!(write(w.as_raw_fd(), b"pipe").unwrap(), 4);
+        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"pipe");
+        drop(w);
+        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn pipe_full_would_block_then_reader_gone_is_epipe() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        rustix::io::ioctl_fionbio(&w, true).unwrap();
+        let chunk = [7u8; 65536];
+        let err = loop {
+            match write(w.as_raw_fd(), &chunk) {
+                Ok(n) => assert!(n > 0),
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(err.kind(), ErrorKind::WouldBlock);
+        drop(r);
+        // Rust's runtime ignores SIGPIPE, as Python's does.
+        let err = write(w.as_raw_fd(), b"x").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+        assert!(read(-1, &mut [0u8; 1]).is_err());
+        assert!(write(-1, b"x").is_err());
     }
 
     fn libc_ebadf() -> i32 {
