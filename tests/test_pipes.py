@@ -887,6 +887,26 @@ def test_dev_null_write_pipe(loop):
     assert run(loop, main()) == (0, None, ["made", "lost"])
 
 
+def test_unpollable_char_device_read_pipe(loop):
+    """/dev/zero passes the constructor's check (a character device) but epoll refuses
+    it: the reader's registration fails in its callback (EPERM, for the exception
+    handler), the pipe connects anyway and never reads; close() ends it."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        contexts = []
+        loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+        transport, protocol = await loop.connect_read_pipe(
+            Recorder, open("/dev/zero", "rb", buffering=0)
+        )
+        await idle()
+        transport.close()
+        exc = await protocol.lost
+        return [type(c.get("exception")) for c in contexts], exc, protocol.events
+
+    assert run(loop, main()) == ([PermissionError], None, ["made", "lost"])
+
+
 def test_socket_as_pipe(loop):
     """A connected stream socket works as either kind of pipe (asyncio allows sockets),
     read and written with read()/write(); the write side notices the peer going away."""

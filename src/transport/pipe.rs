@@ -14,8 +14,10 @@
 //!   `close()` then ends the transport at once (a pipe has no `shutdown`: closing the
 //!   write end is the EOF).
 
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
 use std::os::fd::RawFd;
+
+use ferroloop_reactor::stream_io;
 
 use pyo3::exceptions::{PyAssertionError, PyTypeError};
 use pyo3::prelude::*;
@@ -25,13 +27,42 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::stream::{
     add_writer, is_exit, remove_writer, PendingWrites, Syscalls, WriteAttempt,
-    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_READ,
 };
 use crate::errors::os_error;
 use crate::ffi;
 use crate::py_cache::ASYNCIO_LOG_MODULE;
 
 const WRITE_ERROR: &str = "Fatal write error on pipe transport";
+
+/// Reads at least this large suggest a bulk transfer, where [`read_queued`] pays off:
+/// copying that much out of the scratch buffer costs more than its extra syscall.
+const BULK_READ: usize = 16 * 1024;
+
+/// One read, as [`Syscalls::read_bytes`], but straight into a `bytes` of the size the
+/// kernel reports queued (`FIONREAD`, at most [`MAX_READ`]), so nothing is copied out
+/// of the scratch buffer. Bytes arriving between the two syscalls wait for the next
+/// readiness report, as bytes arriving after any read do. With nothing queued (end of
+/// file, or readiness without data) it is a scratch-buffer read; `None` when the
+/// descriptor cannot say what is queued (a character device without `FIONREAD`, such as
+/// `/dev/zero`), for the caller to read the usual way and stop asking.
+fn read_queued<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+) -> PyResult<Option<io::Result<Option<Bound<'py, PyBytes>>>>> {
+    let Ok(queued) = stream_io::readable_bytes(fd) else {
+        return Ok(None);
+    };
+    if queued == 0 {
+        return Ok(Some(Syscalls::Pipe.read_bytes(py, fd)));
+    }
+    let read = ffi::bytes_filled_by(py, queued.min(MAX_READ), |memory| {
+        stream_io::read_uninit(fd, memory)
+    })?;
+    Ok(Some(read.map(|bytes| {
+        (!bytes.as_bytes().is_empty()).then_some(bytes)
+    })))
+}
 
 /// Whether `assert` statements run (`python -O` strips them): asyncio's pipe `write()`
 /// and writer callback check their input with `assert`, so what a bad call does depends
@@ -72,6 +103,11 @@ pub struct ReadPipeCore {
     /// The transport's `_protocol`, whatever was assigned (even `None`, as asyncio
     /// keeps it).
     protocol: Option<Py<PyAny>>,
+    /// Whether the last read was large ([`BULK_READ`]): the next one goes straight into
+    /// a `bytes` of the size queued ([`read_queued`]).
+    bulk: bool,
+    /// Whether the descriptor answers `FIONREAD` (assumed until it fails once).
+    knows_queued: bool,
 }
 
 #[pymethods]
@@ -82,6 +118,8 @@ impl ReadPipeCore {
             fd,
             transport: Some(transport),
             protocol: None,
+            bulk: false,
+            knows_queued: true,
         }
     }
 
@@ -102,15 +140,28 @@ impl ReadPipeCore {
     /// of file, the transport's `_on_eof`.
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (fd, transport, protocol) = {
+        let (fd, transport, protocol, bulk) = {
             let this = slf.borrow();
             let Some(transport) = this.transport.as_ref() else {
                 return Ok(());
             };
             let protocol = this.protocol.as_ref().map(|p| p.clone_ref(py));
-            (this.fd, transport.clone_ref(py), protocol)
+            (
+                this.fd,
+                transport.clone_ref(py),
+                protocol,
+                this.bulk && this.knows_queued,
+            )
         };
-        match Syscalls::Pipe.read_bytes(py, fd) {
+        let queued = if bulk { read_queued(py, fd)? } else { None };
+        if bulk && queued.is_none() {
+            slf.borrow_mut().knows_queued = false;
+        }
+        let read = queued.unwrap_or_else(|| Syscalls::Pipe.read_bytes(py, fd));
+        if let Ok(Some(data)) = &read {
+            slf.borrow_mut().bulk = data.as_bytes().len() >= BULK_READ;
+        }
+        match read {
             // As asyncio's, not guarded: a failing protocol is the loop's exception
             // handler's business, not the transport's.
             Ok(Some(data)) => {

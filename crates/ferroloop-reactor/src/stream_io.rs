@@ -9,6 +9,7 @@
 //! retry it (PEP 475).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, RawFd};
 
 use rustix::io::Errno;
@@ -56,6 +57,21 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     let fd = borrowed(fd)?;
     retry_interrupted(|| rustix::io::read(fd, &mut *buf))
+}
+
+/// [`read`] into memory that need not be initialised (a `bytes` object being built);
+/// the first `n` bytes of `buf` are initialised when it returns `Ok(n)`.
+pub fn read_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    let fd = borrowed(fd)?;
+    retry_interrupted(|| rustix::io::read(fd, &mut *buf).map(|(init, _)| init.len()))
+}
+
+/// How many bytes a read would return now (`FIONREAD`: queued in a pipe, a tty's input
+/// or a socket's receive queue); 0 also at end of file.
+pub fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let fd = borrowed(fd)?;
+    let n = retry_interrupted(|| rustix::io::ioctl_fionread(fd))?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Writes as much of `buf` as the descriptor takes now, with `write(2)`. A pipe whose
@@ -119,10 +135,20 @@ mod tests {
         let mut buf = [0u8; 16];
         let err = read(r.as_raw_fd(), &mut buf).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::WouldBlock);
+        assert_eq!(readable_bytes(r.as_raw_fd()).unwrap(), 0);
         assert_eq!(write(w.as_raw_fd(), b"pipe").unwrap(), 4);
-        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 4);
-        assert_eq!(&buf[..4], b"pipe");
+        assert_eq!(readable_bytes(r.as_raw_fd()).unwrap(), 4);
+        assert_eq!(read(r.as_raw_fd(), &mut buf[..2]).unwrap(), 2);
+        let mut rest = [MaybeUninit::<u8>::uninit(); 8];
+        assert_eq!(read_uninit(r.as_raw_fd(), &mut rest).unwrap(), 2);
+        // SAFETY: read_uninit reported two initialised bytes.
+        assert_eq!(
+            unsafe { [rest[0].assume_init(), rest[1].assume_init()] },
+            *b"pe"
+        );
+        assert_eq!(&buf[..2], b"pi");
         drop(w);
+        assert_eq!(readable_bytes(r.as_raw_fd()).unwrap(), 0);
         assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 0);
     }
 
@@ -143,6 +169,8 @@ mod tests {
         let err = write(w.as_raw_fd(), b"x").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::BrokenPipe);
         assert!(read(-1, &mut [0u8; 1]).is_err());
+        assert!(read_uninit(-1, &mut [MaybeUninit::uninit(); 1]).is_err());
+        assert!(readable_bytes(-1).is_err());
         assert!(write(-1, b"x").is_err());
     }
 
