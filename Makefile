@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-http lint fmt clean
+.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-http bench-subprocess lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_%.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-echo: build ## TCP echo (protocol/buffered/streams/sockets + native Rust c
 
 bench-http: build ## httptools keep-alive HTTP server under wrk (apt-get install wrk): server CPU per request
 	$(PY) benchmarks/http_wrk.py
+
+bench-subprocess: build ## Subprocess pipes (child stdout, head -c, cat round trip): parent CPU per MiB
+	$(PY) benchmarks/subprocess_pipe.py
 
 lint: venv ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --all -- --check

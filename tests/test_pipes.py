@@ -677,6 +677,30 @@ def test_write_pipe_epipe_on_write_is_broken_pipe(loop):
     assert run(loop, main()) == (BrokenPipeError, errno.EPIPE, 1, ["made", "lost"])
 
 
+def test_write_pipe_ended_before_its_watch_leaves_nothing_registered(loop, loop_kind):
+    """A write pipe aborted before its reader-gone watch was due: asyncio adds the watch
+    anyway, on the descriptor its own connection_lost has just closed (a stale selector
+    entry for whatever gets that number next); ferroloop, deliberately, does not."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        protocol = WriteRecorder()
+        transport = loop._make_write_pipe_transport(open(w, "wb", buffering=0), protocol)
+        transport.abort()
+        exc = await protocol.lost
+        await idle()
+        registered = loop._selector.get_map().get(w) is not None
+        if registered:
+            loop._remove_reader(w)  # leave the loop clean for its close()
+        os.close(r)
+        return exc, protocol.events, registered
+
+    exc, events, registered = run(loop, main())
+    assert exc is None and events == ["made", "lost"]
+    assert registered is (loop_kind == "asyncio")
+
+
 def test_write_pipe_bad_data(loop):
     """write() of a non-bytes object fails asyncio's assertion, with the object's repr."""
 
