@@ -545,6 +545,44 @@ def test_write_pipe_many_small_writes_under_pressure(loop):
     assert zlib.crc32(data) == zlib.crc32(payload) and balanced
 
 
+class _Bytes(bytes):
+    pass
+
+
+def test_write_pipe_queue_keeps_order_and_snapshots(loop):
+    """Queued behind a full pipe: large and small bytes, a bytes subclass, a bytearray
+    and a memoryview the caller changes right after write(), all in order; the mutable
+    ones as they were when written."""
+    big = [pattern(300_000, seed=s) for s in (13, 17, 19)]
+
+    async def main():
+        transport, protocol, r = await write_pipe()
+        mutable = bytearray(b"before")
+        backing = bytearray(b"view-before")
+        expected = bytearray()
+        for chunk in (
+            big[0],
+            b"small",
+            mutable,
+            _Bytes(big[1]),
+            memoryview(backing)[5:],
+            b"x" * 5000,
+            big[2],
+        ):
+            transport.write(chunk)
+            expected += chunk
+        mutable[:] = b"AFTER!"
+        backing[5:] = b"AFTER!"
+        data = await read_fd(r, len(expected))
+        transport.close()
+        await protocol.lost
+        os.close(r)
+        return data, bytes(expected)
+
+    data, expected = run(loop, main())
+    assert data == expected
+
+
 def test_write_pipe_close_delivers_queued_bytes(loop):
     """close() with bytes queued: they are all written first, then the pipe is closed (the
     reader sees EOF) and connection_lost(None) follows."""

@@ -252,9 +252,14 @@ impl WritePipeCore {
         let was_empty = self.pending.is_empty();
         let fd = self.fd;
         let pending = &mut self.pending;
-        match ffi::with_bytes(data, |bytes| {
-            pending.write_or_queue(Syscalls::Pipe, fd, bytes)
-        }) {
+        let attempt = match data.cast::<PyBytes>() {
+            // Immutable: queued by reference, not copied.
+            Ok(bytes) => Ok(pending.write_or_queue_bytes(Syscalls::Pipe, fd, bytes)),
+            Err(_) => ffi::with_bytes(data, |bytes| {
+                pending.write_or_queue(Syscalls::Pipe, fd, bytes)
+            }),
+        };
+        match attempt {
             Ok(WriteAttempt::Done) => Ok(WriteOutcome::Done),
             Ok(WriteAttempt::QueuedFirst) => Ok(WriteOutcome::Queued { first: true }),
             Ok(WriteAttempt::Queued) => Ok(WriteOutcome::Queued { first: false }),
@@ -355,7 +360,7 @@ impl WritePipeCore {
             let written = if this.pending.is_empty() {
                 Ok(0)
             } else {
-                this.pending.flush(Syscalls::Pipe, fd)
+                this.pending.flush(py, Syscalls::Pipe, fd)
             };
             (written, this.transport(py), this.event_loop(py), fd)
         };
@@ -412,6 +417,8 @@ impl WritePipeCore {
         self.pending.clear();
     }
 
+    // The queue's `bytes` objects hold no references, so they cannot be part of a
+    // cycle and need no visit.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.transport)?;
         visit.call(&self.event_loop)?;

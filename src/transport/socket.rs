@@ -405,7 +405,7 @@ impl SocketTransportCore {
                 return Ok(());
             }
             let fd = this.fd;
-            let sent = this.pending.flush(Syscalls::Socket, fd);
+            let sent = this.pending.flush(py, Syscalls::Socket, fd);
             (sent, this.transport(py))
         };
         let Some(transport) = transport else {

@@ -9,7 +9,8 @@
 //! cores (`socket.rs`, `pipe.rs`) each keep as asyncio's two transport classes do.
 
 use std::cell::RefCell;
-use std::io::{self, ErrorKind};
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, IoSlice};
 use std::os::fd::RawFd;
 
 use ferroloop_reactor::stream_io;
@@ -67,6 +68,15 @@ impl Syscalls {
         }
     }
 
+    /// Writes as much of `bufs`, in order, as the descriptor takes now. (A socket core
+    /// queues one segment only, so for sockets this is never more than one `send`.)
+    fn write_vectored(self, fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Syscalls::Socket => bufs.first().map_or(Ok(0), |buf| stream_io::send(fd, buf)),
+            Syscalls::Pipe => stream_io::writev(fd, bufs),
+        }
+    }
+
     /// One read into the scratch buffer, as a `bytes` of the size read: `Ok(None)` at end
     /// of stream. `WouldBlock` is returned as an error, for the caller to ignore.
     pub(crate) fn read_bytes<'py>(
@@ -93,43 +103,103 @@ pub(crate) enum WriteAttempt {
     Failed(io::Error),
 }
 
-/// Bytes `write()` could not send yet, consumed from the front without shifting the
-/// rest on every partial send. The transport's own copy, so a caller reusing its buffer
-/// cannot corrupt queued data.
+/// `bytes` objects at least this large are queued by reference ([`PendingWrites`]);
+/// smaller writes are copied and gathered, so the queue stays a few segments long.
+const SHARE_AT_LEAST: usize = 4096;
+
+/// At most this many segments go into one `writev`.
+const MAX_SEGMENTS_PER_WRITE: usize = 64;
+
+/// One run of queued bytes.
+enum Segment {
+    /// Copied in: from a mutable buffer (which its owner may change after `write()`
+    /// returns), or small writes gathered together.
+    Copied(Vec<u8>),
+    /// An immutable `bytes` object, kept rather than copied.
+    Shared(Py<PyBytes>),
+}
+
+impl Segment {
+    fn bytes<'a>(&'a self, py: Python<'a>) -> &'a [u8] {
+        match self {
+            Segment::Copied(data) => data,
+            Segment::Shared(bytes) => bytes.as_bytes(py),
+        }
+    }
+}
+
+/// Bytes `write()` could not send yet, in order, consumed from the front without
+/// shifting the rest on every partial send. The transport's own copy of mutable data, so
+/// a caller reusing its buffer cannot corrupt queued bytes; immutable `bytes` are kept
+/// by reference instead (pipe transports, [`PendingWrites::write_or_queue_bytes`]).
 #[derive(Default)]
 pub(crate) struct PendingWrites {
-    data: Vec<u8>,
-    sent: usize,
+    segments: VecDeque<Segment>,
+    /// How much of the front segment is already written.
+    front_written: usize,
+    len: usize,
 }
 
 impl PendingWrites {
     /// Bytes queued and not yet written.
     pub(crate) fn len(&self) -> usize {
-        self.data.len() - self.sent
+        self.len
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    fn unsent(&self) -> &[u8] {
-        &self.data[self.sent..]
-    }
-
-    /// Appends `bytes` to the queue.
+    /// Appends a copy of `bytes` to the queue.
     pub(crate) fn push(&mut self, bytes: &[u8]) {
-        if self.sent > 0 && self.sent >= self.data.len() / 2 {
-            self.data.drain(..self.sent);
-            self.sent = 0;
+        if bytes.is_empty() {
+            return;
         }
-        self.data.extend_from_slice(bytes);
+        self.len += bytes.len();
+        let alone = self.segments.len() == 1;
+        if let Some(Segment::Copied(last)) = self.segments.back_mut() {
+            if alone && self.front_written > 0 && self.front_written >= last.len() / 2 {
+                // Mostly written already: drop that part rather than grow behind it.
+                last.drain(..self.front_written);
+                self.front_written = 0;
+            }
+            last.extend_from_slice(bytes);
+        } else {
+            self.segments.push_back(Segment::Copied(bytes.to_vec()));
+        }
     }
 
-    fn consume(&mut self, count: usize) {
-        self.sent += count;
-        if self.sent >= self.data.len() {
-            self.data.clear();
-            self.sent = 0;
+    /// Appends `bytes` by reference, minus its first `written` bytes (only with nothing
+    /// else queued).
+    fn push_shared(&mut self, bytes: Py<PyBytes>, total: usize, written: usize) {
+        debug_assert!(written == 0 || self.is_empty());
+        if self.is_empty() {
+            self.segments.clear();
+            self.front_written = written;
+        }
+        self.len += total - written;
+        self.segments.push_back(Segment::Shared(bytes));
+    }
+
+    fn consume(&mut self, py: Python<'_>, mut count: usize) {
+        self.len -= count;
+        while count > 0 {
+            let alone = self.segments.len() == 1;
+            let Some(front) = self.segments.front_mut() else {
+                break;
+            };
+            let rest = front.bytes(py).len() - self.front_written;
+            if count < rest {
+                self.front_written += count;
+                return;
+            }
+            count -= rest;
+            self.front_written = 0;
+            match front {
+                // Kept, emptied, with its allocation, for the next bytes queued.
+                Segment::Copied(data) if alone => data.clear(),
+                _ => drop(self.segments.pop_front()),
+            }
         }
     }
 
@@ -159,11 +229,56 @@ impl PendingWrites {
         }
     }
 
-    /// The writer callback's core: one write of the queued bytes, consuming what the
-    /// descriptor took; the count written.
-    pub(crate) fn flush(&mut self, io: Syscalls, fd: RawFd) -> io::Result<usize> {
-        let written = io.write(fd, self.unsent())?;
-        self.consume(written);
+    /// [`PendingWrites::write_or_queue`] for a `bytes` object, which (being immutable,
+    /// and large enough to be worth it) is queued by reference instead of copied.
+    pub(crate) fn write_or_queue_bytes(
+        &mut self,
+        io: Syscalls,
+        fd: RawFd,
+        bytes: &Bound<'_, PyBytes>,
+    ) -> WriteAttempt {
+        let data = bytes.as_bytes();
+        if data.len() < SHARE_AT_LEAST {
+            return self.write_or_queue(io, fd, data);
+        }
+        if !self.is_empty() {
+            self.push_shared(bytes.clone().unbind(), data.len(), 0);
+            return WriteAttempt::Queued;
+        }
+        let written = match io.write(fd, data) {
+            Ok(n) if n == data.len() => return WriteAttempt::Done,
+            Ok(n) => n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => 0,
+            Err(err) => return WriteAttempt::Failed(err),
+        };
+        self.push_shared(bytes.clone().unbind(), data.len(), written);
+        WriteAttempt::QueuedFirst
+    }
+
+    /// The writer callback's core: one write of the queued bytes (`writev` when they are
+    /// in several segments), consuming what the descriptor took; the count written.
+    pub(crate) fn flush(&mut self, py: Python<'_>, io: Syscalls, fd: RawFd) -> io::Result<usize> {
+        if self.is_empty() {
+            return Ok(0);
+        }
+        let written = {
+            let mut slices = self
+                .segments
+                .iter()
+                .take(MAX_SEGMENTS_PER_WRITE)
+                .map(|segment| IoSlice::new(segment.bytes(py)));
+            let Some(first) = slices.next() else {
+                return Ok(0);
+            };
+            let first = IoSlice::new(&first[self.front_written..]);
+            if self.segments.len() == 1 {
+                io.write(fd, &first)?
+            } else {
+                let all: Vec<IoSlice<'_>> = std::iter::once(first).chain(slices).collect();
+                io.write_vectored(fd, &all)?
+            }
+        };
+        self.consume(py, written);
         Ok(written)
     }
 }

@@ -81,6 +81,13 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     retry_interrupted(|| rustix::io::write(fd, buf))
 }
 
+/// Writes as much of `bufs`, in order, as the descriptor takes now, with `writev(2)`:
+/// one syscall for bytes queued in several pieces.
+pub fn writev(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let fd = borrowed(fd)?;
+    retry_interrupted(|| rustix::io::writev(fd, bufs))
+}
+
 /// Sends FIN after the queued data (`shutdown(SHUT_WR)`).
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     Ok(rustix::net::shutdown(borrowed(fd)?, Shutdown::Write)?)
@@ -172,6 +179,17 @@ mod tests {
         assert!(read_uninit(-1, &mut [MaybeUninit::uninit(); 1]).is_err());
         assert!(readable_bytes(-1).is_err());
         assert!(write(-1, b"x").is_err());
+        assert!(writev(-1, &[io::IoSlice::new(b"x")]).is_err());
+    }
+
+    #[test]
+    fn writev_keeps_order() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let parts = [io::IoSlice::new(b"one "), io::IoSlice::new(b"two")];
+        assert_eq!(writev(w.as_raw_fd(), &parts).unwrap(), 7);
+        let mut buf = [0u8; 16];
+        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 7);
+        assert_eq!(&buf[..7], b"one two");
     }
 
     fn libc_ebadf() -> i32 {
