@@ -31,6 +31,13 @@ the worker's voluntary context switches (waits in the poller) per MiB.
 
 ``eff. vs X`` = X's CPU per MiB / ferroloop's: above 1, ferroloop spends less CPU.
 
+``floor`` (unless ``--no-floor``) is the same transfer with no event loop at all: a few
+Python lines around a level-triggered epoll, reading into one reused buffer, writing the
+current block when writable, checking the same way. It is the cost of the pipe itself (the
+kernel's copies, wake-ups and sleeps), which no loop can go below; ``of floor`` = floor
+CPU per MiB / the row's. uvloop gives its children socket pairs instead of pipes, whose
+larger buffers mean fewer, larger reads: its rows are not bound by this floor.
+
 Runs are interleaved: each round runs every mode on every loop, the mode and loop order
 rotating from round to round; the table reports medians over the rounds. The worker is
 pinned to the last CPU and the child to the others (``--no-pin`` to turn off), as in
@@ -53,6 +60,7 @@ import json
 import os
 import random
 import resource
+import select
 import shutil
 import statistics
 import subprocess
@@ -71,6 +79,8 @@ from _harness import (
 )
 
 MODES = ("stdout", "head", "cat")
+#: The pseudo-loop of the no-event-loop reference row (``floor_transfer``).
+FLOOR = "floor"
 MIB = 1 << 20
 #: What each StreamReader.read() asks for.
 READ_SIZE = 256 * 1024
@@ -142,6 +152,42 @@ def child_argv(mode: str, total: int) -> list[str]:
     return [shutil.which("cat") or "cat"]
 
 
+class Meter:
+    """What the worker process used between ``start()`` and ``stop()``."""
+
+    def start(self) -> None:
+        self.before = resource.getrusage(resource.RUSAGE_SELF)
+        self.children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.busy_before = busy_seconds()
+        self.started = time.perf_counter()
+
+    def stop(self, total: int, checker: Checker, code: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.started
+        busy = busy_seconds() - self.busy_before
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if code != 0:
+            raise AssertionError(f"the child exited with status {code}")
+        if checker.total != total:
+            raise AssertionError(f"read {checker.total} bytes, expected {total}")
+        mib = total / MIB
+        user = after.ru_utime - self.before.ru_utime
+        system = after.ru_stime - self.before.ru_stime
+        child = (children.ru_utime - self.children_before.ru_utime) + (
+            children.ru_stime - self.children_before.ru_stime
+        )
+        return {
+            # CPU the rest of the machine used meanwhile, in cores: above ~0.1 the numbers
+            # are disturbed (caches, frequency, preemption).
+            "other_load": max(0.0, busy - user - system - child) / elapsed,
+            "mib_per_s": mib / elapsed,
+            "cpu_ms_per_mib": (user + system) / mib * 1e3,
+            "kernel_ms_per_mib": system / mib * 1e3,
+            "reads_per_mib": checker.chunks / mib,
+            "sleeps_per_mib": (after.ru_nvcsw - self.before.ru_nvcsw) / mib,
+        }
+
+
 async def transfer(mode: str, total: int, child_cpus: set[int] | None) -> dict[str, float]:
     data = pattern(mode)
     checker = Checker(data)
@@ -155,45 +201,83 @@ async def transfer(mode: str, total: int, child_cpus: set[int] | None) -> dict[s
     if mode != "cat":
         # The clock starts with the first bytes: a Python child takes a while to start.
         checker.feed(await proc.stdout.read(READ_SIZE))
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy_before = busy_seconds()
-    start = time.perf_counter()
+    meter = Meter()
+    meter.start()
     if mode == "cat":
         assert proc.stdin is not None
         await asyncio.gather(write_all(proc.stdin, data, total), read_all(proc.stdout, checker))
     else:
         await read_all(proc.stdout, checker)
-    code = await proc.wait()
-    elapsed = time.perf_counter() - start
-    busy = busy_seconds() - busy_before
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if code != 0:
-        raise AssertionError(f"the child exited with status {code}")
-    if checker.total != total:
-        raise AssertionError(f"read {checker.total} bytes, expected {total}")
-    mib = total / MIB
-    user = after.ru_utime - before.ru_utime
-    system = after.ru_stime - before.ru_stime
-    child = (children.ru_utime - children_before.ru_utime) + (
-        children.ru_stime - children_before.ru_stime
-    )
-    return {
-        # CPU the rest of the machine used meanwhile, in cores: above ~0.1 the numbers
-        # are disturbed (caches, frequency, preemption).
-        "other_load": max(0.0, busy - user - system - child) / elapsed,
-        "mib_per_s": mib / elapsed,
-        "cpu_ms_per_mib": (user + system) / mib * 1e3,
-        "kernel_ms_per_mib": system / mib * 1e3,
-        "reads_per_mib": checker.chunks / mib,
-        "sleeps_per_mib": (after.ru_nvcsw - before.ru_nvcsw) / mib,
-    }
+    return meter.stop(total, checker, await proc.wait())
+
+
+def floor_transfer(mode: str, total: int, child_cpus: set[int] | None) -> dict[str, float]:
+    """The same transfer without an event loop or asyncio: level-triggered epoll, one
+    read per readiness into a reused buffer (no allocation, no copy), one write of the
+    current block per writability, the same check. What is left is the pipe's own cost
+    (the kernel's copies, wake-ups and sleeps) plus a few Python lines per chunk: no loop
+    can spend less."""
+    data = pattern(mode)
+    checker = Checker(data)
+    argv = child_argv(mode, total)
+    stdin = subprocess.PIPE if mode == "cat" else None
+    with subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE) as proc:
+        if child_cpus:
+            os.sched_setaffinity(proc.pid, child_cpus)
+        assert proc.stdout is not None
+        out = proc.stdout.fileno()
+        os.set_blocking(out, False)
+        buf = memoryview(bytearray(READ_SIZE))
+        with select.epoll() as poller:
+            poller.register(out, select.EPOLLIN)
+
+            def read_once() -> bool:
+                try:
+                    n = os.readv(out, [buf])
+                except BlockingIOError:
+                    return True
+                if n:
+                    checker.feed(buf[:n])
+                return n > 0
+
+            if mode != "cat":
+                while not checker.total:
+                    poller.poll()
+                    read_once()
+            meter = Meter()
+            meter.start()
+            sent, blocks, inp = 0, [], -1
+            if mode == "cat":
+                assert proc.stdin is not None
+                inp = proc.stdin.fileno()
+                os.set_blocking(inp, False)
+                blocks = [data[o : o + BLOCK] for o in range(0, PERIOD, BLOCK)]
+                poller.register(inp, select.EPOLLOUT)
+            reading = True
+            while reading:
+                for fd, _ in poller.poll():
+                    if fd == out:
+                        reading = read_once()
+                    elif fd == inp:
+                        block = blocks[(sent % PERIOD) // BLOCK]
+                        try:
+                            sent += os.write(inp, memoryview(block)[sent % BLOCK :])
+                        except BlockingIOError:
+                            continue
+                        if sent >= total:
+                            poller.unregister(inp)
+                            proc.stdin.close()
+                            inp = -1
+        return meter.stop(total, checker, proc.wait())
 
 
 def worker_main(kind: str, mode: str, total: int, child_cpus: str) -> None:
     die_with_parent()
     cpus = {int(c) for c in child_cpus.split(",")} if child_cpus else None
+    if kind == FLOOR:
+        floor_transfer(mode, min(total, 4 * MIB), cpus)
+        print(json.dumps(floor_transfer(mode, total, cpus)))
+        return
     with asyncio.Runner(loop_factory=lambda: new_loop(kind)) as runner:
         # An untimed warm-up: the first child, allocator and code paths.
         runner.run(transfer(mode, min(total, 4 * MIB), cpus))
@@ -248,7 +332,7 @@ def table(rows: list[list[str]], right: set[int]) -> str:
 COLUMNS = ("mib_per_s", "cpu_ms_per_mib", "kernel_ms_per_mib", "reads_per_mib", "sleeps_per_mib")
 
 
-def report(loops, modes, results, errors, args) -> str:
+def report(loops, modes, floor, results, errors, args) -> str:
     first, others = loops[0], loops[1:]
 
     def med(key):
@@ -259,10 +343,13 @@ def report(loops, modes, results, errors, args) -> str:
 
     head = ["mode", "loop", "MiB/s", "CPU ms/MiB", "kernel ms/MiB", "reads/MiB", "sleeps/MiB"]
     head += [f"eff. vs {k}" for k in others]
+    if floor:
+        head.append("of floor")
     rows = [head]
     for mode in modes:
-        meds = {k: med((mode, k)) for k in loops}
-        for kind in loops:
+        kinds = [*loops, FLOOR] if floor else loops
+        meds = {k: med((mode, k)) for k in kinds}
+        for kind in kinds:
             m = meds[kind]
             row = [mode, kind]
             if m is None:
@@ -281,6 +368,12 @@ def report(loops, modes, results, errors, args) -> str:
                     row.append(f"{o['cpu_ms_per_mib'] / m['cpu_ms_per_mib']:.2f}x")
                 else:
                     row.append("")
+            if floor:
+                f = meds[FLOOR]
+                if m and f and m["cpu_ms_per_mib"] > 0:
+                    row.append(f"{f['cpu_ms_per_mib'] / m['cpu_ms_per_mib']:.2f}x")
+                else:
+                    row.append("")
             rows.append(row)
     meta = (
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs ({args.pinned}); "
@@ -288,6 +381,11 @@ def report(loops, modes, results, errors, args) -> str:
         f"loop's process during the transfer (getrusage), kernel = system alone; every byte "
         f"checked. eff. vs X = X's CPU/MiB / {first}'s (> 1: {first} spends less CPU)."
     )
+    if floor:
+        meta += (
+            " floor = the same transfer with no event loop (epoll and a reused buffer in a "
+            "few Python lines): the pipe's own cost; of floor = floor CPU/MiB / row CPU/MiB."
+        )
     loads = [r["other_load"] for runs in results.values() for r in runs]
     if loads:
         load = statistics.median(loads)
@@ -318,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="32 MiB, 1 round (smoke test)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin worker and child")
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the no-event-loop reference row"
+    )
     parser.add_argument("--json", help="write every run's results to this file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -340,9 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     errors: dict[tuple[str, str], list[str]] = {}
     total = args.mib * MIB
+    kinds = loops if args.no_floor else [*loops, FLOOR]
     for rnd in range(args.rounds):
         for mode in rotated(modes, rnd):
-            for kind in rotated(loops, rnd):
+            for kind in rotated(kinds, rnd):
                 try:
                     run = measure(kind, mode, total, cpus, child_cpus)
                 except Exception as exc:
@@ -353,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.setdefault((mode, kind), []).append(run)
         print(f"  done: round {rnd + 1}/{args.rounds}", file=sys.stderr)
 
-    print(report(loops, modes, results, errors, args))
+    print(report(loops, modes, not args.no_floor, results, errors, args))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
