@@ -36,7 +36,9 @@ mod _ferroloop {
     #[pymodule_export]
     use crate::tls::SslProtocolCore;
     #[pymodule_export]
-    use crate::transport::{DatagramReader, DatagramTransportCore, SocketTransportCore};
+    use crate::transport::{
+        DatagramReader, DatagramTransportCore, ReadPipeCore, SocketTransportCore, WritePipeCore,
+    };
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -36,6 +36,7 @@ from asyncio.log import logger
 from . import _observe, _subprocess, _tls
 from ._datagram import DatagramTransport
 from ._ferroloop import Handle, LoopCore, SocketOperation
+from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transports import SocketTransport
 
 __all__ = ["Loop"]
@@ -242,6 +243,14 @@ class Loop(LoopCore, base_events.BaseEventLoop):
     # Upgrading a connection: stock's start_tls, with ferroloop's SSLProtocol.
     start_tls = _tls.start_tls
 
+    # Pipes (and so the stdio of subprocesses, which asyncio connects through
+    # connect_read_pipe/connect_write_pipe): native transports with asyncio's semantics.
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+
     # Subprocesses: asyncio's transport, ferroloop's own child-exit watching (pidfds in
     # the poller; no child watcher, on any version).
     _make_subprocess_transport = _subprocess.make_subprocess_transport
@@ -418,9 +427,9 @@ _adopt(
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 
 # Servers and the accept loop: asyncio's selector-loop implementations, driving their
-# sockets through the same native reader/writer layer (stream and datagram transports
-# and _stop_serving are ferroloop's own, defined on Loop above). The Unix loop adds
-# Unix-socket endpoints and pipes, and the os.sendfile transport path.
+# sockets through the same native reader/writer layer (stream, pipe and datagram
+# transports and _stop_serving are ferroloop's own, defined on Loop above). The Unix loop
+# adds Unix-socket endpoints and the os.sendfile transport path.
 _adopt(
     unix_events._UnixSelectorEventLoop,
     lambda name: name.startswith(("_make_", "create_unix_")),
