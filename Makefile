@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 BENCH_CHART ?= docs/benchmarks.png
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-accept bench-udp bench-http lint fmt clean wheels sdist test-wheels test-sdist
+.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-accept bench-udp bench-http bench-tls bench-subprocess lint fmt clean wheels sdist test-wheels test-sdist
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_%.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -79,6 +79,12 @@ bench-udp: build ## UDP echo (64 B / 1 KiB x 1 / 4 clients + native Rust ceiling
 
 bench-http: build ## httptools keep-alive HTTP server under wrk (apt-get install wrk): server CPU per request
 	$(PY) benchmarks/http_wrk.py
+
+bench-tls: build ## TLS echo (protocol/streams), handshakes, HTTPS under wrk: server CPU per operation
+	$(PY) benchmarks/tls.py
+
+bench-subprocess: build ## Subprocess pipes (child stdout, head -c, cat round trip): parent CPU per MiB
+	$(PY) benchmarks/subprocess_pipe.py
 
 lint: venv ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --all -- --check

@@ -205,6 +205,49 @@ pub fn retrack_context(context: *mut ffi::PyObject) {
     }
 }
 
+/// A `bytes` of at most `capacity` bytes whose memory `fill` writes directly (a read
+/// syscall), without first writing it into another buffer and copying: `fill` returns
+/// how many bytes it initialised, and the object is shrunk to that size. A `fill`
+/// error is handed back as is (the object is dropped).
+pub fn bytes_filled_by<'py, E>(
+    py: Python<'py>,
+    capacity: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<u8>]) -> Result<usize, E>,
+) -> PyResult<Result<Bound<'py, pyo3::types::PyBytes>, E>> {
+    let size = ffi::Py_ssize_t::try_from(capacity)
+        .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("bytes too large"))?;
+    // SAFETY: PyBytesWriter_Create (native on 3.15, PyO3's compatibility version before)
+    // returns a writer owning `capacity` writable bytes, or NULL with an exception set.
+    let writer = unsafe { ffi::compat::PyBytesWriter_Create(size) };
+    if writer.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `writer` is live, so GetData points at `capacity` bytes it owns, writable
+    // until the writer is finished or discarded; they may be uninitialised, which the
+    // MaybeUninit slice expresses. Nothing else can reach them meanwhile.
+    let memory = unsafe {
+        std::slice::from_raw_parts_mut(
+            ffi::compat::PyBytesWriter_GetData(writer).cast::<std::mem::MaybeUninit<u8>>(),
+            capacity,
+        )
+    };
+    let filled = match fill(memory) {
+        Ok(n) => n.min(capacity),
+        Err(err) => {
+            // SAFETY: the writer is live and discarded exactly once.
+            unsafe { ffi::compat::PyBytesWriter_Discard(writer) };
+            return Ok(Err(err));
+        }
+    };
+    // SAFETY: `filled <= capacity` bytes were initialised by `fill`; FinishWithSize
+    // consumes the writer (also on failure) and returns a new reference or NULL.
+    let bytes =
+        unsafe { ffi::compat::PyBytesWriter_FinishWithSize(writer, filled as ffi::Py_ssize_t) };
+    // SAFETY: a non-NULL result is a new reference to a bytes object.
+    let bytes = unsafe { Bound::from_owned_ptr_or_err(py, bytes)? };
+    Ok(Ok(bytes.cast_into::<pyo3::types::PyBytes>()?))
+}
+
 /// A buffer exported by an object through the buffer protocol, released on drop.
 struct ExportedBuffer {
     view: ffi::Py_buffer,

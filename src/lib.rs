@@ -11,6 +11,7 @@ mod ffi;
 mod net;
 mod observe;
 mod py_cache;
+mod tls;
 mod transport;
 
 use pyo3::prelude::*;
@@ -35,7 +36,11 @@ mod _ferroloop {
     #[pymodule_export]
     use crate::net::{RecvWhenReadable, SocketOperation};
     #[pymodule_export]
-    use crate::transport::{DatagramReader, DatagramTransportCore, SocketTransportCore};
+    use crate::tls::SslProtocolCore;
+    #[pymodule_export]
+    use crate::transport::{
+        DatagramReader, DatagramTransportCore, ReadPipeCore, SocketTransportCore, WritePipeCore,
+    };
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -203,10 +203,6 @@ def test_transports_servers_tasks(floop):
     assert after["tasks"] == 1  # main itself
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the stream core's one-line hooks: observe::stats::count_read/count_written",
-)
 def test_bytes_echoed_over_a_transport(floop):
     n = 100_000
 
@@ -233,6 +229,48 @@ def test_bytes_echoed_over_a_transport(floop):
     # Each byte crosses two transports each way: client out, server in, server out, client in.
     assert stats["bytes_read"] == 2 * n
     assert stats["bytes_written"] == 2 * n
+
+
+def test_bytes_of_datagrams_and_pipes(floop):
+    """Datagram and pipe transports count their bytes too."""
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data, addr)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+        got = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                got.set_result(data)
+
+        client, _ = await loop.create_datagram_endpoint(
+            Client, remote_addr=server.get_extra_info("sockname")
+        )
+        client.sendto(b"d" * 1000)
+        assert await got == b"d" * 1000
+        client.close()
+        server.close()
+        before = floop.stats()
+        proc = await asyncio.create_subprocess_exec(
+            "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate(b"p" * 5000)
+        assert out == b"p" * 5000
+        return before
+
+    before = floop.run_until_complete(main())
+    after = floop.stats()
+    # A datagram each way through the two endpoints: 2 sends, 2 receives.
+    assert before["bytes_read"] == 2000 and before["bytes_written"] == 2000
+    assert after["bytes_read"] - before["bytes_read"] == 5000
+    assert after["bytes_written"] - before["bytes_written"] == 5000
 
 
 def test_slow_callback_duration_attribute(loop):

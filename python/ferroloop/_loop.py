@@ -29,14 +29,14 @@ from asyncio import (
     coroutines,
     events,
     selector_events,
-    sslproto,
     unix_events,
 )
 from asyncio.log import logger
 
-from . import _observe, _servers, _subprocess
+from . import _observe, _servers, _subprocess, _tls
 from ._datagram import DatagramTransport
 from ._ferroloop import Handle, LoopCore, SocketOperation
+from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._transports import SocketTransport
 
 __all__ = ["Loop"]
@@ -224,10 +224,10 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
         context=None,
     ):
-        # TLS is asyncio's SSLProtocol (a BufferedProtocol) over a plain socket transport,
-        # so ssl.SSLContext objects and the stock handshake/shutdown logic apply as is.
+        # TLS is ferroloop's SSLProtocol (stock's state machine, its per-record work
+        # native) over a plain socket transport, driving the user's own SSLContext.
         self._ensure_fd_no_transport(rawsock)
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = _tls.SSLProtocol(
             self,
             protocol,
             sslcontext,
@@ -239,6 +239,17 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         )
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server, context=context)
         return ssl_protocol._app_transport
+
+    # Upgrading a connection: stock's start_tls, with ferroloop's SSLProtocol.
+    start_tls = _tls.start_tls
+
+    # Pipes (and so the stdio of subprocesses, which asyncio connects through
+    # connect_read_pipe/connect_write_pipe): native transports with asyncio's semantics.
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     # Subprocesses: asyncio's transport, ferroloop's own child-exit watching (pidfds in
     # the poller; no child watcher, on any version).
@@ -416,10 +427,10 @@ _adopt(
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 
 # Servers: asyncio's selector-loop implementations, driving their sockets through the
-# same native reader/writer layer (stream and datagram transports and _stop_serving are
-# ferroloop's own, defined on Loop above; the accept loop is native, see _servers, with
-# asyncio's _accept_connection* kept for what it does not serve). The Unix loop adds
-# Unix-socket endpoints and pipes, and the os.sendfile transport path.
+# same native reader/writer layer (stream, pipe and datagram transports and
+# _stop_serving are ferroloop's own, defined on Loop above; the accept loop is native,
+# see _servers, with asyncio's _accept_connection* kept for what it does not serve).
+# The Unix loop adds Unix-socket endpoints and the os.sendfile transport path.
 _adopt(
     unix_events._UnixSelectorEventLoop,
     lambda name: name.startswith(("_make_", "create_unix_")),

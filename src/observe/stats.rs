@@ -54,15 +54,12 @@ thread_local! {
 /// thread, so a plain thread-local cell is enough; each loop adds up what this thread
 /// counted while it was running (see [`LoopStats::run_started`]). The stream core calls
 /// this after each successful `recv` (one line, see the module documentation).
-// Called by the stream core's hooks, which the transport code owns.
-#[allow(dead_code)]
 #[inline]
 pub(crate) fn count_read(n: usize) {
     BYTES_READ.with(|c| c.set(c.get().wrapping_add(n as u64)));
 }
 
 /// Counts `n` bytes a transport sent (see [`count_read`]).
-#[allow(dead_code)]
 #[inline]
 pub(crate) fn count_written(n: usize) {
     BYTES_WRITTEN.with(|c| c.set(c.get().wrapping_add(n as u64)));

@@ -57,7 +57,7 @@ use pyo3::types::{
 };
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::socket::{with_read_scratch, MAX_READ};
+use super::stream::{with_read_scratch, MAX_READ};
 use crate::errors::os_error;
 use crate::ffi;
 use crate::py_cache::ASYNCIO_LOG_MODULE;
@@ -393,8 +393,10 @@ impl DatagramTransportCore {
         };
         let protocol = protocol.bind(py);
         let received = with_read_scratch(|scratch| {
-            datagram_io::recv_from(fd, scratch)
-                .map(|(n, sender)| (PyBytes::new(py, &scratch[..n]), sender))
+            datagram_io::recv_from(fd, scratch).map(|(n, sender)| {
+                crate::observe::stats::count_read(n);
+                (PyBytes::new(py, &scratch[..n]), sender)
+            })
         });
         match received {
             Ok((data, sender)) => {
@@ -634,10 +636,10 @@ impl DatagramTransportCore {
                 // Stock's own business: 3.11/3.12 drop empty datagrams, 3.13+ send them.
                 return None;
             }
-            Some(match &target {
+            Some(super::stream::counted_written(match &target {
                 Some(target) => datagram_io::send_to(fd, bytes, target),
                 None => stream_io::send(fd, bytes),
-            })
+            }))
         });
         match sent {
             // Not exportable as one contiguous run (socket.sendto raises its own error

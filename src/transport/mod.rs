@@ -1,12 +1,15 @@
-//! Stream transports: the per-byte half of `ferroloop.SocketTransport`.
+//! Stream transports: the per-byte halves of `ferroloop.SocketTransport` and the pipe
+//! transports (`ferroloop.ReadPipeTransport`, `ferroloop.WritePipeTransport`).
 //!
-//! A transport's hot operations (reading when the socket is readable and handing the
-//! bytes to the protocol, `write()` trying the socket at once, draining the pending
-//! buffer when the socket becomes writable) are native, in [`SocketTransportCore`].
-//! Everything that runs once per connection or on errors (construction, `close()`,
-//! `abort()`, fatal-error reporting, `connection_lost`, flow-control callbacks, `repr`)
-//! is Python in `python/ferroloop/_transports.py`, which subclasses `asyncio.Transport`
-//! so `isinstance` checks hold. A PyO3 type cannot share a base with
+//! A transport's hot operations (reading when the descriptor is readable and handing the
+//! bytes to the protocol, `write()` trying the descriptor at once, draining the pending
+//! buffer when it becomes writable) are native: one stream core ([`stream`]: the
+//! scratch-buffer read, the write queue, the syscalls) under the socket and pipe cores,
+//! which keep asyncio's differing rules for each. Everything that runs once per
+//! connection or on errors (construction, `close()`, `abort()`, fatal-error reporting,
+//! `connection_lost`, flow-control callbacks, `repr`) is Python in
+//! `python/ferroloop/_transports.py` and `_pipes.py`, whose classes subclass asyncio's
+//! transport classes so `isinstance` checks hold. A PyO3 type cannot share a base with
 //! `asyncio.BaseTransport` (its `__slots__` make the layouts conflict), hence the split
 //! into a Python transport that owns a native core rather than one class.
 //!
@@ -15,8 +18,11 @@
 //! asyncio's own datagram transport.
 
 mod datagram;
+mod pipe;
 mod socket;
+mod stream;
 
 pub use datagram::{DatagramReader, DatagramTransportCore};
+pub use pipe::{ReadPipeCore, WritePipeCore};
 pub use socket::SocketTransportCore;
-pub(crate) use socket::{with_read_scratch, MAX_READ};
+pub(crate) use stream::{with_read_scratch, MAX_READ};

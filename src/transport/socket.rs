@@ -8,83 +8,23 @@
 //! (`_fatal_error`, `_read_ready__on_eof`, `_maybe_pause_protocol`, ...) so there is one
 //! implementation of each.
 
-use std::cell::RefCell;
 use std::io::{self, ErrorKind};
 use std::os::fd::RawFd;
 
 use ferroloop_reactor::stream_io;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{IntoPyDict, PyByteArray, PyBytes, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use super::stream::{
+    add_writer, is_exit, remove_writer, PendingWrites, Syscalls, WriteAttempt,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 use crate::errors::os_error;
 use crate::ffi;
 use crate::py_cache::ASYNCIO_LOG_MODULE;
-
-/// How much one read may take: asyncio's `max_size` for socket transports, and the
-/// size of the scratch buffer reads land in.
-pub(crate) const MAX_READ: usize = 256 * 1024;
-
-/// After this many writes to a lost connection, each further one is logged (asyncio's
-/// `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`).
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-
-thread_local! {
-    /// The buffer reads land in before being copied into a `bytes` of the right size.
-    /// One per thread (a loop runs on one thread), so 10,000 idle connections do not
-    /// each hold 256 KiB; not shared between threads, so no lock is needed.
-    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ].into_boxed_slice());
-}
-
-/// Runs `f` with this thread's read buffer (256 KiB): where reads land before being
-/// copied into a `bytes` of the size received.
-pub(crate) fn with_read_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    READ_SCRATCH.with_borrow_mut(|scratch| f(scratch))
-}
-
-/// Bytes `write()` could not send yet, consumed from the front without shifting the
-/// rest on every partial send.
-#[derive(Default)]
-struct PendingWrites {
-    data: Vec<u8>,
-    sent: usize,
-}
-
-impl PendingWrites {
-    fn len(&self) -> usize {
-        self.data.len() - self.sent
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn unsent(&self) -> &[u8] {
-        &self.data[self.sent..]
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        if self.sent > 0 && self.sent >= self.data.len() / 2 {
-            self.data.drain(..self.sent);
-            self.sent = 0;
-        }
-        self.data.extend_from_slice(bytes);
-    }
-
-    fn consume(&mut self, count: usize) {
-        self.sent += count;
-        if self.sent >= self.data.len() {
-            self.data.clear();
-            self.sent = 0;
-        }
-    }
-
-    fn clear(&mut self) {
-        *self = PendingWrites::default();
-    }
-}
 
 /// What a `write()` did, decided while the core was borrowed and acted on after.
 enum WriteOutcome {
@@ -153,10 +93,6 @@ fn version_rules(py: Python<'_>) -> &'static TransportVersionRules {
     })
 }
 
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
-}
-
 /// The error `socket.recv_into` raises for a buffer it cannot write into.
 fn not_writable(buffer: &Bound<'_, PyAny>) -> PyErr {
     let name = buffer
@@ -192,10 +128,7 @@ impl SocketTransportCore {
         transport: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = protocol.py();
-        let received = with_read_scratch(|scratch| {
-            stream_io::recv(fd, scratch).map(|n| (n > 0).then(|| PyBytes::new(py, &scratch[..n])))
-        });
-        let data = match received {
+        let data = match Syscalls::Socket.read_bytes(py, fd) {
             Ok(Some(data)) => data,
             Ok(None) => {
                 transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
@@ -244,7 +177,7 @@ impl SocketTransportCore {
                 )
             }
         };
-        let received = ffi::with_bytes_mut(&buffer, |memory| stream_io::recv(fd, memory))
+        let received = ffi::with_bytes_mut(&buffer, |memory| Syscalls::Socket.read(fd, memory))
             .map_err(|_| not_writable(&buffer))
             .and_then(|result| match result {
                 Ok(n) => Ok(Some(n)),
@@ -273,30 +206,20 @@ impl SocketTransportCore {
     /// writable, through the loop's `_add_writer`/`_remove_writer`.
     fn watch_writable(slf: &Bound<'_, Self>, watch: bool) -> PyResult<()> {
         let py = slf.py();
-        let (event_loop, fd) = {
+        let (event_loop, fd, context) = {
             let this = slf.borrow();
-            (this.event_loop.as_ref().map(|l| l.clone_ref(py)), this.fd)
-        };
-        let Some(event_loop) = event_loop else {
-            return Ok(());
+            let Some(event_loop) = this.event_loop.as_ref() else {
+                return Ok(());
+            };
+            let context = this.context.as_ref().map(|c| c.clone_ref(py));
+            (event_loop.bind(py).clone(), this.fd, context)
         };
         if watch {
             let callback = slf.getattr(intern!(py, "_write_ready"))?;
-            let context = slf.borrow().context.as_ref().map(|c| c.clone_ref(py));
-            let kwargs = match context {
-                Some(context) => Some([(intern!(py, "context"), context)].into_py_dict(py)?),
-                None => None,
-            };
-            event_loop.call_method(
-                py,
-                intern!(py, "_add_writer"),
-                (fd, callback),
-                kwargs.as_ref(),
-            )?;
+            add_writer(&event_loop, fd, callback, context.as_ref())
         } else {
-            event_loop.call_method1(py, intern!(py, "_remove_writer"), (fd,))?;
+            remove_writer(&event_loop, fd)
         }
-        Ok(())
     }
 }
 
@@ -402,21 +325,13 @@ impl SocketTransportCore {
                     WriteOutcome::Dropped {
                         earlier_drops: this.conn_lost - 1,
                     }
-                } else if !was_empty {
-                    this.pending.push(bytes);
-                    WriteOutcome::Queued
                 } else {
-                    match stream_io::send(this.fd, bytes) {
-                        Ok(n) if n == bytes.len() => WriteOutcome::Done,
-                        Ok(n) => {
-                            this.pending.push(&bytes[n..]);
-                            WriteOutcome::QueuedFirst
-                        }
-                        Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                            this.pending.push(bytes);
-                            WriteOutcome::QueuedFirst
-                        }
-                        Err(err) => WriteOutcome::Failed(err),
+                    let fd = this.fd;
+                    match this.pending.write_or_queue(Syscalls::Socket, fd, bytes) {
+                        WriteAttempt::Done => WriteOutcome::Done,
+                        WriteAttempt::QueuedFirst => WriteOutcome::QueuedFirst,
+                        WriteAttempt::Queued => WriteOutcome::Queued,
+                        WriteAttempt::Failed(err) => WriteOutcome::Failed(err),
                     }
                 }
             });
@@ -490,10 +405,7 @@ impl SocketTransportCore {
                 return Ok(());
             }
             let fd = this.fd;
-            let sent = stream_io::send(fd, this.pending.unsent());
-            if let Ok(n) = sent {
-                this.pending.consume(n);
-            }
+            let sent = this.pending.flush(py, Syscalls::Socket, fd);
             (sent, this.transport(py))
         };
         let Some(transport) = transport else {
