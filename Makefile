@@ -90,6 +90,7 @@ lint: venv ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --all -- --check
 	cargo clippy -q --all-targets -- -D warnings
 	cargo fmt --manifest-path benchmarks/native-echo/Cargo.toml -- --check
+	cargo fmt --manifest-path benchmarks/native-accept/Cargo.toml -- --check
 	$(VENV)/bin/ruff check python tests benchmarks examples
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 
