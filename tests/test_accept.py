@@ -111,18 +111,22 @@ def connect_all(address, n: int, send: bool = True) -> list[socket.socket]:
     return clients
 
 
-def read_to_eof(sock: socket.socket) -> bytes:
+async def read_to_eof(sock: socket.socket) -> bytes:
+    """What the client ``sock`` reads until the end of the stream (on the running loop,
+    so the server side goes on meanwhile)."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
     got = b""
-    while chunk := sock.recv(4096):
+    while chunk := await loop.sock_recv(sock, 4096):
         got += chunk
     return got
 
 
-def outcome(sock: socket.socket) -> bytes | str:
+async def outcome(sock: socket.socket) -> bytes | str:
     """What a client reads until the server's side is gone: the bytes, or "reset" (a
     server socket closed with unread data resets the connection)."""
     try:
-        return read_to_eof(sock)
+        return await read_to_eof(sock)
     except ConnectionResetError:
         return "reset"
 
@@ -300,7 +304,7 @@ def test_protocol_factory_context_reaches_the_connection_callbacks(loop):
         for _ in range(2):
             (client,) = connect_all(address, 1)
             with client:
-                await loop.run_in_executor(None, read_to_eof, client)
+                await read_to_eof(client)
         await done
         server.close()
         await server.wait_closed()
@@ -347,7 +351,7 @@ def failing_factory_scenario(loop, debug: bool):
             # (the garbage collector closes it), the peer's unread data resets it.
             gc.collect()
             with first:
-                got = await loop.run_in_executor(None, outcome, first)
+                got = await outcome(first)
         # The server goes on serving.
         with socket.create_connection(address, timeout=TIMEOUT):
             while len(calls) < 2:
@@ -444,7 +448,7 @@ def test_transport_creation_failing_is_reported_with_the_protocol(loop):
             while not contexts and not made:
                 await asyncio.sleep(0.01)
             gc.collect()
-            got = await loop.run_in_executor(None, outcome, client)
+            got = await outcome(client)
         transport.abort()
         b.close()
         await asyncio.sleep(0)
@@ -563,7 +567,8 @@ def extra_of_accepted(loop, create, connect) -> dict:
 
     async def main():
         server = await create(Inspect)
-        client = await loop.run_in_executor(None, connect, server)
+        # Loopback connects complete before the server accepts.
+        client = connect(server)
         with client:
             info = await got
             info["client"] = client.getsockname()
@@ -833,7 +838,7 @@ def test_close_between_accept_and_protocol_factory(loop):
             outcomes = []
             for client in clients:
                 with client:
-                    outcomes.append(await loop.run_in_executor(None, outcome, client))
+                    outcomes.append(await outcome(client))
         return outcomes
 
     assert run(loop, main()) == ["reset", "reset"]
@@ -867,7 +872,7 @@ def test_close_clients_reaches_every_accepted_connection(loop, how):
         for client in clients:
             with client:
                 try:
-                    outcomes.append(await loop.run_in_executor(None, read_to_eof, client))
+                    outcomes.append(await read_to_eof(client))
                 except ConnectionResetError:
                     outcomes.append("reset")
         return outcomes
