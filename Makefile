@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 BENCH_CHART ?= docs/benchmarks.png
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-udp bench-http bench-tls bench-subprocess lint fmt clean wheels sdist test-wheels test-sdist
+.PHONY: help demo test venv build test-rust test-py test-pythons test-servers conformance bench bench-echo bench-accept bench-udp bench-http bench-tls bench-subprocess lint fmt clean wheels sdist test-wheels test-sdist
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_%.-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench: build ## Micro-benchmark table and its chart (docs/benchmarks.png, the RE
 bench-echo: build ## TCP echo (protocol/buffered/streams/sockets + native Rust ceiling): server CPU per request
 	$(PY) benchmarks/echo.py
 
+bench-accept: build ## Connection rate (accept, write 5 bytes, close; TCP and Unix + native Rust ceiling): server CPU per connection
+	$(PY) benchmarks/accept.py
+
 bench-udp: build ## UDP echo (64 B / 1 KiB x 1 / 4 clients + native Rust ceiling): server CPU per datagram
 	$(PY) benchmarks/udp.py
 
@@ -87,6 +90,7 @@ lint: venv ## rustfmt, clippy -D warnings, ruff
 	cargo fmt --all -- --check
 	cargo clippy -q --all-targets -- -D warnings
 	cargo fmt --manifest-path benchmarks/native-echo/Cargo.toml -- --check
+	cargo fmt --manifest-path benchmarks/native-accept/Cargo.toml -- --check
 	$(VENV)/bin/ruff check python tests benchmarks examples
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
 

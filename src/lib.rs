@@ -32,6 +32,8 @@ mod _ferroloop {
     #[pymodule_export]
     use crate::event_loop::LoopCore;
     #[pymodule_export]
+    use crate::net::{_register_transport, AcceptedConnection, Acceptor};
+    #[pymodule_export]
     use crate::net::{RecvWhenReadable, SocketOperation};
     #[pymodule_export]
     use crate::tls::SslProtocolCore;

@@ -21,6 +21,9 @@ __all__ = [
     "SocketOperation",
     "SocketTransportCore",
     "WritePipeCore",
+    "Acceptor",
+    "AcceptedConnection",
+    "_register_transport",
     "__version__",
 ]
 __version__: str
@@ -294,3 +297,30 @@ class SocketOperation:
     def __qualname__(self) -> str: ...  # type: ignore[override]
     @property
     def __name__(self) -> str: ...  # type: ignore[override]
+
+@final
+class Acceptor:
+    """The reader callback of a listening socket: asyncio's ``_accept_connection``,
+    native; called with asyncio's arguments."""
+
+    def __new__(
+        cls,
+        event_loop: LoopCore,
+        family: int,
+        sock_type: int,
+        proto: int,
+        unix_sockname: Any = None,
+    ) -> Acceptor: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+
+@final
+class AcceptedConnection:
+    """The first step of an accepted connection (protocol factory, transport), scheduled
+    for the iteration after the accept."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+def _register_transport(registry: Any, fd: Any, transport: Any) -> None:
+    """``registry[fd] = transport`` for the loop's transport registry."""

@@ -33,7 +33,7 @@ from asyncio import (
 )
 from asyncio.log import logger
 
-from . import _observe, _subprocess, _tls
+from . import _observe, _servers, _subprocess, _tls
 from ._datagram import DatagramTransport
 from ._ferroloop import Handle, LoopCore, SocketOperation
 from ._pipes import ReadPipeTransport, WritePipeTransport
@@ -426,10 +426,11 @@ _adopt(
 )
 _adopt(unix_events._UnixSelectorEventLoop, lambda name: name.startswith("_sock_"))
 
-# Servers and the accept loop: asyncio's selector-loop implementations, driving their
-# sockets through the same native reader/writer layer (stream, pipe and datagram
-# transports and _stop_serving are ferroloop's own, defined on Loop above). The Unix loop
-# adds Unix-socket endpoints and the os.sendfile transport path.
+# Servers: asyncio's selector-loop implementations, driving their sockets through the
+# same native reader/writer layer (stream, pipe and datagram transports and
+# _stop_serving are ferroloop's own, defined on Loop above; the accept loop is native,
+# see _servers, with asyncio's _accept_connection* kept for what it does not serve).
+# The Unix loop adds Unix-socket endpoints and the os.sendfile transport path.
 _adopt(
     unix_events._UnixSelectorEventLoop,
     lambda name: name.startswith(("_make_", "create_unix_")),
@@ -438,9 +439,10 @@ _adopt(
     selector_events.BaseSelectorEventLoop,
     lambda name: (
         (name.startswith(("_make_", "_accept_connection")) and name != "_make_self_pipe")
-        or name in ("_start_serving", "_sendfile_native")
+        or name == "_sendfile_native"
     ),
 )
+_servers.adopt(Loop)
 
 
 # stats() counts open servers: the methods that make them record what they made.

@@ -27,9 +27,9 @@ from asyncio import (
 )
 from asyncio.log import logger
 
-from ._ferroloop import SocketTransportCore
+from ._ferroloop import SocketTransportCore, _register_transport
 
-__all__ = ["SocketTransport"]
+__all__ = ["SocketTransport", "accepted_transport"]
 
 # Servers count their transports; 3.13 also keeps them (for close_clients()) and takes
 # the transport as an argument. Asked of the signature, not the version number, in case
@@ -324,6 +324,59 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._sock.close()
             if _SERVER_TRACKS_TRANSPORTS and self._server is not None:
                 _detach(self._server, self)
+
+
+class _LimitsProbe(transports._FlowControlMixin):
+    """Asks asyncio for its default write buffer limits, once."""
+
+
+_probe = object.__new__(_LimitsProbe)
+_probe._set_write_buffer_limits()
+_DEFAULT_HIGH_WATER, _DEFAULT_LOW_WATER = _probe._high_water, _probe._low_water
+del _probe
+_new = object.__new__
+_BufferedProtocol = protocols.BufferedProtocol
+
+
+def accepted_transport(loop, sock, fd, protocol, extra, server, context):
+    """``SocketTransport(loop, sock, protocol, None, extra, server, context)`` for a
+    connection the native accept loop accepted (src/net/accept.rs), without the calls
+    ``__init__`` makes to get there: ``extra`` already holds ``peername``, ``socket`` and
+    ``sockname`` (in the order ``__init__`` leaves them), ``fd`` is ``sock.fileno()``, and
+    the loop has set ``TCP_NODELAY`` where ``__init__`` would. The same state and the same
+    calls, in the same order, as ``__init__`` (``loop._transports[fd] = self`` is made
+    without the Python frames of ``WeakValueDictionary.__setitem__``); tests/test_accept.py
+    compares the two."""
+    self = _new(SocketTransport)
+    self._extra = extra
+    self._loop = loop
+    self._protocol_paused = False
+    self._high_water = _DEFAULT_HIGH_WATER
+    self._low_water = _DEFAULT_LOW_WATER
+    self._context = context
+    self._sock = sock
+    self._sock_fd = fd
+    self._core = core = SocketTransportCore(self, loop, fd, context)
+    self.write = core.write
+    self.is_closing = core.is_closing
+    core.set_protocol(protocol, isinstance(protocol, _BufferedProtocol))
+    self._protocol_connected = True
+    self._server = server
+    self._paused = False
+    if server is not None:
+        if _SERVER_TRACKS_TRANSPORTS:
+            server._attach(self)
+        else:
+            server._attach()
+    _register_transport(loop._transports, fd, self)
+    if context is None:
+        # The same calls without the keyword (before 3.15 there is no context).
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._add_reader, fd, core._read_ready)
+    else:
+        loop.call_soon(protocol.connection_made, self, context=context)
+        loop.call_soon(self._add_reader, fd, core._read_ready, context=context)
+    return self
 
 
 def _attach(server, transport) -> None:
