@@ -1,6 +1,7 @@
-"""What the transport benchmarks (``echo.py``, ``http_wrk.py``) share: loop creation in the
-server processes, per-process CPU accounting from ``/proc``, the loops' versions, and the
-round-robin order of loops.
+"""What the benchmarks of separate processes (``echo.py``, ``udp.py``, ``accept.py``,
+``tls.py``, ``http_wrk.py``, ``subprocess_pipe.py``) share: loop creation in the server
+processes, per-process CPU accounting from ``/proc``, the loops' versions, the round-robin
+order of loops, and the Markdown table they print.
 
 CPU time comes from ``/proc/PID/stat`` (``utime + stime``, in clock ticks), because the
 deciding figure of these benchmarks is the server's CPU per request, not throughput. The
@@ -121,6 +122,21 @@ def git_revision() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return rev.stdout.strip() if rev.returncode == 0 else ""
+
+
+def markdown_table(rows: list[list[str]], right: set[int]) -> str:
+    """``rows`` (the first is the header) as a Markdown table padded to line up in a
+    terminal too; the columns in ``right`` are right-aligned (numbers)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    seps = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
+    lines = []
+    for row in [rows[0], seps, *rows[1:]]:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:

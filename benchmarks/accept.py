@@ -56,6 +56,7 @@ from _harness import (
     children_cpu_seconds,
     die_with_parent,
     git_revision,
+    markdown_table,
     new_loop,
     rotated,
 )
@@ -341,19 +342,6 @@ def main(argv: list[str] | None = None) -> int:
 # -- report ----------------------------------------------------------------------------------
 
 
-def table(rows: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    seps = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
-    lines = []
-    for row in [rows[0], seps, *rows[1:]]:
-        cells = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def report(rows, loops, native, results, errors, args) -> str:
     """A markdown table of medians per row and loop, with the ratios."""
     first = loops[0] if loops else None
@@ -416,7 +404,7 @@ def report(rows, loops, native, results, errors, args) -> str:
     rev = git_revision()
     meta += " Versions: " + "; ".join(f"{k} {v}" for k, v in args.versions.items())
     meta += f"; repository at {rev}." if rev else "."
-    out = [meta, "", table(lines, set(range(2, len(head))))]
+    out = [meta, "", markdown_table(lines, set(range(2, len(head))))]
     if errors:
         out += ["", "Errors:"]
         for (row, kind), msgs in errors.items():

@@ -81,6 +81,7 @@ from _harness import (
     children_cpu_seconds,
     die_with_parent,
     git_revision,
+    markdown_table,
     new_loop,
     rotated,
 )
@@ -497,19 +498,6 @@ def size_label(size: int) -> str:
     return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
 
 
-def table(rows: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    seps = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
-    lines = []
-    for row in [rows[0], seps, *rows[1:]]:
-        cells = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def report(loops, modes, native, sizes, conn_counts, results, errors, args) -> str:
     """Markdown tables of medians: full detail, then a CPU-per-request summary."""
     first = loops[0] if loops else None
@@ -617,10 +605,10 @@ def report(loops, modes, native, sizes, conn_counts, results, errors, args) -> s
     rev = git_revision()
     meta += " Versions: " + "; ".join(f"{k} {v}" for k, v in args.versions.items())
     meta += f"; repository at {rev}." if rev else "."
-    out = [meta, "", table(rows, set(range(4, len(head))))]
+    out = [meta, "", markdown_table(rows, set(range(4, len(head))))]
     if modes and loops:
         out += ["", "Server CPU µs per request (summary):", ""]
-        out.append(table(summary, set(range(3, len(summary_head)))))
+        out.append(markdown_table(summary, set(range(3, len(summary_head)))))
     if errors:
         out += ["", "Errors:"]
         for (size, conns, mode, kind), msgs in errors.items():

@@ -59,6 +59,7 @@ from _harness import (
     children_cpu_seconds,
     die_with_parent,
     git_revision,
+    markdown_table,
     new_loop,
     rotated,
 )
@@ -378,16 +379,7 @@ def report(loops, conn_counts, results, errors, args, pinned) -> str:
                 else:
                     row.append("-" if kind == first else "")
             rows.append(row)
-    right = set(range(2, len(head)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    seps = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
-    lines = []
-    for row in [rows[0], seps, *rows[1:]]:
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    table = markdown_table(rows, set(range(2, len(head))))
     meta = (
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs ({pinned}); httptools "
         f"keep-alive server, wrk -t{args.threads} -d{args.duration}s --latency; "
@@ -410,7 +402,7 @@ def report(loops, conn_counts, results, errors, args, pinned) -> str:
     rev = git_revision()
     meta += " Versions: " + "; ".join(f"{k} {v}" for k, v in args.versions.items())
     meta += f"; repository at {rev}." if rev else "."
-    out = [meta, "", *lines]
+    out = [meta, "", table]
     if errors:
         out += ["", "Errors:"]
         for (conns, kind), msgs in errors.items():

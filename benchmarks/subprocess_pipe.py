@@ -74,6 +74,7 @@ from _harness import (
     busy_seconds,
     die_with_parent,
     git_revision,
+    markdown_table,
     new_loop,
     rotated,
 )
@@ -316,19 +317,6 @@ def parse_list(text: str, allowed: tuple[str, ...]) -> list[str]:
     return items
 
 
-def table(rows: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    seps = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
-    lines = []
-    for row in [rows[0], seps, *rows[1:]]:
-        cells = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 COLUMNS = ("mib_per_s", "cpu_ms_per_mib", "kernel_ms_per_mib", "reads_per_mib", "sleeps_per_mib")
 
 
@@ -398,7 +386,7 @@ def report(loops, modes, floor, results, errors, args) -> str:
     rev = git_revision()
     meta += " Versions: " + "; ".join(f"{k} {v}" for k, v in args.versions.items())
     meta += f"; repository at {rev}." if rev else "."
-    out = [meta, "", table(rows, set(range(2, len(head))))]
+    out = [meta, "", markdown_table(rows, set(range(2, len(head))))]
     if errors:
         out += ["", "Errors:"]
         for (mode, kind), msgs in errors.items():

@@ -56,6 +56,7 @@ from _harness import (
     available_loops,
     die_with_parent,
     git_revision,
+    markdown_table,
     new_loop,
     rotated,
 )
@@ -366,11 +367,6 @@ def report(loops, cells, results, errors, versions, args, pinned) -> str:
             ok = med[k] and med[first]
             row.append(f"{med[k]['cpu_us'] / med[first]['cpu_us']:.2f}x" if ok else "-")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = [
-        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     where = f"server on CPU {min(pinned)}" if pinned else "not pinned"
     meta = (
         f"Python {sys.version.split()[0]}; {where}; {args.rounds} round(s) of "
@@ -379,7 +375,7 @@ def report(loops, cells, results, errors, versions, args, pinned) -> str:
         + "; ".join(f"{k} {v}" for k, v in versions.items())
         + (f"; repository at {git_revision()}." if git_revision() else ".")
     )
-    out = [meta, "", *lines]
+    out = [meta, "", markdown_table(rows, set(range(3, len(head))))]
     for (mode, size, conns, k), msgs in errors.items():
         out += [f"- error {mode}/{k} {size} x {conns}: {m}" for m in msgs]
     return "\n".join(out)

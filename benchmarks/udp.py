@@ -53,10 +53,11 @@ from _harness import (
     available_loops,
     die_with_parent,
     git_revision,
+    markdown_table,
     new_loop,
     rotated,
 )
-from echo import NATIVE_TARGET_DIR, build_native, parse_list, size_label, table
+from echo import NATIVE_TARGET_DIR, build_native, parse_list, size_label
 
 NATIVE = "native"
 NATIVE_UDP_BINARY = os.path.join(NATIVE_TARGET_DIR, "release", "native-udp-echo")
@@ -263,7 +264,7 @@ def report(loops, native, sizes, client_counts, results, errors, args) -> str:
     rev = git_revision()
     meta += " Versions: " + "; ".join(f"{k} {v}" for k, v in args.versions.items())
     meta += f"; repository at {rev}." if rev else "."
-    out = [meta, "", table(rows, set(range(3, len(head))))]
+    out = [meta, "", markdown_table(rows, set(range(3, len(head))))]
     if errors:
         out += ["", "Errors:"]
         for (size, clients, kind), msgs in errors.items():
