@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -193,6 +194,22 @@ def test_add_signal_handler_bad_input(loop, restore_signals):
     with pytest.raises(RuntimeError, match="sig 9 cannot be caught"):
         loop.add_signal_handler(signal.SIGKILL, print)
     assert loop.remove_signal_handler(signal.SIGUSR2) is False
+
+
+def test_add_signal_handler_warns_of_nothing(loop, restore_signals):
+    """Under ``-W error`` (aiohttp's own suite runs so) add_signal_handler works on every
+    version: 3.14 deprecated ``asyncio.iscoroutinefunction``, and asyncio's own check uses
+    the private one that does not warn."""
+
+    async def coro():
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loop.add_signal_handler(signal.SIGUSR2, print)
+        assert loop.remove_signal_handler(signal.SIGUSR2) is True
+        with pytest.raises(TypeError, match="coroutines cannot be used"):
+            loop.add_signal_handler(signal.SIGUSR2, coro)
 
 
 # --------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ __all__ = ["Loop"]
 _BIND_CALL_SOON = sys.version_info < (3, 12)
 
 
+# What asyncio's add_signal_handler asks: 3.14 deprecated the public
+# asyncio.iscoroutinefunction and calls the private twin, which does not warn.
+_iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.iscoroutinefunction)
+
+
 class Loop(LoopCore, base_events.BaseEventLoop):
     """An asyncio event loop whose core is written in Rust."""
 
@@ -282,7 +287,7 @@ class Loop(LoopCore, base_events.BaseEventLoop):
         Raise ValueError if the signal number is invalid or uncatchable, RuntimeError
         if the handler cannot be set up (e.g. not in the main thread).
         """
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
