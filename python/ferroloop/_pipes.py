@@ -39,7 +39,91 @@ def _core_attribute(name: str, doc: str) -> property:
     return property(get, set, doc=doc)
 
 
-class ReadPipeTransport(transports.ReadTransport):
+class _PipeEnd:
+    """What the two ends do alike (asyncio's two pipe transports each repeat it): the
+    check of what was passed, ``repr``, error reporting, the protocol, the end."""
+
+    __slots__ = ()
+
+    #: The epoll bit that shows the loop polling this end (``repr``'s polling/idle).
+    _POLL_EVENT: int
+
+    def _check_pipe(self, message):
+        """The descriptor's mode, made non-blocking; ``ValueError(message)`` (with the
+        transport released) for anything but a pipe, a socket or a character device."""
+        mode = os.fstat(self._fileno).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            self._pipe = None
+            self._fileno = None
+            self._protocol = None
+            self._core.release()
+            raise ValueError(message)
+        os.set_blocking(self._fileno, False)
+        return mode
+
+    def _repr_details(self):
+        return []
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        if self._pipe is not None and self._loop is not None and not self._loop.is_closed():
+            polling = self._loop._fd_events(self._fileno) & self._POLL_EVENT
+            info.append("polling" if polling else "idle")
+            info += self._repr_details()
+        elif self._pipe is not None:
+            info.append("open")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
+
+    def _is_quiet_error(self, exc):
+        """Whether ``exc`` ends the pipe with a debug message only, not the handler: on
+        the write end any OS error, the reader's doing (EPIPE)."""
+        return isinstance(exc, OSError)
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        if self._is_quiet_error(exc):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._close(exc)
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+
+    def get_protocol(self):
+        return self._protocol
+
+    def __del__(self, _warn=warnings.warn):
+        if self._pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._pipe.close()
+
+    def _call_connection_lost(self, exc):
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._pipe.close()
+            self._pipe = None
+            self._protocol = None
+            self._loop = None
+            self._core.release()
+
+
+class ReadPipeTransport(_PipeEnd, transports.ReadTransport):
     """The read end of a pipe (or a socket or character device read as one)."""
 
     __module__ = "ferroloop"
@@ -57,16 +141,7 @@ class ReadPipeTransport(transports.ReadTransport):
         self._protocol = protocol
         self._closing = False
         self._paused = False
-
-        mode = os.fstat(self._fileno).st_mode
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-            self._pipe = None
-            self._fileno = None
-            self._protocol = None
-            self._core.release()
-            raise ValueError("Pipe transport is for pipes/sockets only.")
-
-        os.set_blocking(self._fileno, False)
+        self._check_pipe("Pipe transport is for pipes/sockets only.")
 
         loop.call_soon(self._protocol.connection_made, self)
         # Reading starts only after connection_made() ran ...
@@ -86,20 +161,7 @@ class ReadPipeTransport(transports.ReadTransport):
     def is_reading(self):
         return not self._paused and not self._closing
 
-    def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._pipe is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._fileno}")
-        if self._pipe is not None and self._loop is not None and not self._loop.is_closed():
-            info.append("polling" if self._loop._fd_events(self._fileno) & 1 else "idle")
-        elif self._pipe is not None:
-            info.append("open")
-        else:
-            info.append("closed")
-        return "<{}>".format(" ".join(info))
+    _POLL_EVENT = 1  # readable
 
     def _on_eof(self):
         # Called by the core when every writer closed its end.
@@ -126,12 +188,6 @@ class ReadPipeTransport(transports.ReadTransport):
         if self._loop.get_debug():
             logger.debug("%r resumes reading", self)
 
-    def set_protocol(self, protocol):
-        self._protocol = protocol
-
-    def get_protocol(self):
-        return self._protocol
-
     def is_closing(self):
         return self._closing
 
@@ -139,45 +195,18 @@ class ReadPipeTransport(transports.ReadTransport):
         if not self._closing:
             self._close(None)
 
-    def __del__(self, _warn=warnings.warn):
-        if self._pipe is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._pipe.close()
-
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+    def _is_quiet_error(self, exc):
         # EIO is how a pty's reader learns that the other side closed: not worth more
         # than a debug message.
-        if isinstance(exc, OSError) and exc.errno == errno.EIO:
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._close(exc)
+        return isinstance(exc, OSError) and exc.errno == errno.EIO
 
     def _close(self, exc):
         self._closing = True
         self._loop._remove_reader(self._fileno)
         self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc):
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._pipe.close()
-            self._pipe = None
-            self._protocol = None
-            self._loop = None
-            self._core.release()
 
-
-class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport):
+class WritePipeTransport(_PipeEnd, transports._FlowControlMixin, transports.WriteTransport):
     """The write end of a pipe (or a socket or character device written as one)."""
 
     __module__ = "ferroloop"
@@ -197,18 +226,9 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
         self.is_closing = self._core.is_closing
         self._protocol = protocol
 
-        mode = os.fstat(self._fileno).st_mode
-        is_char = stat.S_ISCHR(mode)
+        mode = self._check_pipe("Pipe transport is only for pipes, sockets and character devices")
         is_fifo = stat.S_ISFIFO(mode)
         is_socket = stat.S_ISSOCK(mode)
-        if not (is_char or is_fifo or is_socket):
-            self._pipe = None
-            self._fileno = None
-            self._protocol = None
-            self._core.release()
-            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
-
-        os.set_blocking(self._fileno, False)
         loop.call_soon(self._protocol.connection_made, self)
 
         # The write end of a pipe or socket becomes readable (EPOLLERR/EPOLLHUP) once
@@ -229,21 +249,10 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
             return
         self._loop._add_reader(self._fileno, self._read_ready)
 
-    def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._pipe is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._fileno}")
-        if self._pipe is not None and self._loop is not None and not self._loop.is_closed():
-            info.append("polling" if self._loop._fd_events(self._fileno) & 2 else "idle")
-            info.append(f"bufsize={self.get_write_buffer_size()}")
-        elif self._pipe is not None:
-            info.append("open")
-        else:
-            info.append("closed")
-        return "<{}>".format(" ".join(info))
+    _POLL_EVENT = 2  # writable
+
+    def _repr_details(self):
+        return [f"bufsize={self.get_write_buffer_size()}"]
 
     def get_write_buffer_size(self):
         return self._core.get_write_buffer_size()
@@ -279,12 +288,6 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
             self._loop._remove_reader(self._fileno)
             self._loop.call_soon(self._call_connection_lost, None)
 
-    def set_protocol(self, protocol):
-        self._protocol = protocol
-
-    def get_protocol(self):
-        return self._protocol
-
     def is_closing(self):
         return self._core.is_closing()
 
@@ -293,29 +296,8 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
             # Closing the write end is the EOF: write_eof() is all a pipe needs.
             self.write_eof()
 
-    def __del__(self, _warn=warnings.warn):
-        if self._pipe is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._pipe.close()
-
     def abort(self):
         self._close(None)
-
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        # OS errors are the reader's doing (EPIPE): logged in debug mode only.
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._close(exc)
 
     def _close(self, exc=None):
         self._closing = True
@@ -324,13 +306,3 @@ class WritePipeTransport(transports._FlowControlMixin, transports.WriteTransport
         self._core.clear_write_buffer()
         self._loop._remove_reader(self._fileno)
         self._loop.call_soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc):
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._pipe.close()
-            self._pipe = None
-            self._protocol = None
-            self._loop = None
-            self._core.release()
