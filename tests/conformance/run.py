@@ -85,7 +85,9 @@ child registered ``faulthandler`` on it, so the hung stack lands in the log), ki
 child's process group, records a timeout and restarts the module skipping every test that
 already started.  A child that dies mid-test (segfault, abort) is handled the same way and
 the test is recorded as an error ("crash"); one that dies or hangs between tests blames the
-next test and moves on (at most ``MAX_RESTARTS`` restarts per module).  The event pipe is
+next test and moves on (at most ``MAX_RESTARTS`` restarts per module); one that dies before
+it has listed the module's tests is reported with its output and started again, up to
+``STARTUP_RETRIES`` times, then counted as an import error.  The event pipe is
 moved to fd >= 1000 in the child so that a loop that double-closes low fds cannot break it.
 
 Core set (``--require-core``): every test of every module, minus the deliberate
@@ -205,6 +207,10 @@ SLOW_MODULES_FIRST = (
 
 #: Restarts of one module's child after hangs/crashes before giving up on the rest.
 MAX_RESTARTS = 50
+#: How many times a module's child may die before it lists its tests (an import or
+#: start-up failure) and be started again; each such death is printed with its output.
+#: A failure that repeats still fails the module, as an import error.
+STARTUP_RETRIES = 2
 
 #: How long a child may be silent outside a test (module import, setUpClass,
 #: tearDownModule) before it is considered hung.
@@ -810,11 +816,16 @@ class ModuleRunner:
     def run(self) -> ModuleResult:
         t0 = time.monotonic()
         workdir = tempfile.mkdtemp(prefix=f"conformance-{self.module}-")
+        startup_deaths = 0
         try:
             while True:
                 state = self._run_child(workdir)
                 if state["done"]:
                     break
+                if not self.listed and startup_deaths < STARTUP_RETRIES:
+                    startup_deaths += 1
+                    self._report_startup_death(state["reason"])
+                    continue
                 self.result.restarts += 1
                 remaining = [t for t in self.listed if t not in self.started]
                 if not self.listed or not remaining or self.result.restarts > MAX_RESTARTS:
@@ -984,6 +995,17 @@ class ModuleRunner:
                 )
             state["reason"] = f"child process died ({why})"
         return state
+
+    def _report_startup_death(self, reason: str) -> None:
+        """Say, with its output, that a child died before it listed the module's tests."""
+        output = self._log_tail("")[-3000:].rstrip() or "(no output)"
+        print(
+            f"  [{self.loop:9}] {self.module}: the child process died before listing its "
+            f"tests ({reason}); starting it again. Its output:\n"
+            + "\n".join("      " + line for line in output.splitlines()),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _kill(self, proc: subprocess.Popen) -> None:
         """Dump the hung child's stacks (SIGUSR1 -> faulthandler), then kill its group."""
