@@ -17,6 +17,8 @@ import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 
 ALL_LOOPS = ("ferroloop", "uvloop", "asyncio")
@@ -122,6 +124,55 @@ def git_revision() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return rev.stdout.strip() if rev.returncode == 0 else ""
+
+
+class ClientThreads:
+    """The client threads of a run, started together: ``run(worker, slots, what)`` runs
+    ``worker(slot)`` in a thread per slot. Each worker calls ``ready()`` once its
+    connection is up and gets the deadline, ``duration`` seconds after the last one was
+    ready. The first exception of a worker stops the rest at that barrier and is raised
+    by ``run``, and a thread still running after the join timeout is a ``TimeoutError``:
+    a broken server fails the run instead of hanging it or looking fast."""
+
+    def __init__(self, count: int, duration: float) -> None:
+        self.duration = duration
+        self.deadline = 0.0
+        self._errors: list[BaseException] = []
+        self._barrier = threading.Barrier(count + 1, action=self._start_clock, timeout=IO_TIMEOUT)
+
+    def _start_clock(self) -> None:
+        self.deadline = time.perf_counter() + self.duration
+
+    def ready(self) -> float:
+        """Wait until every worker is ready; the deadline."""
+        self._barrier.wait()
+        return self.deadline
+
+    def run(self, worker, slots, what: str) -> float:
+        """Run the workers to their end; the seconds from the clock's start."""
+
+        def guarded(slot) -> None:
+            try:
+                worker(slot)
+            except BaseException as exc:  # raised below, in the caller's thread
+                self._errors.append(exc)
+                self._barrier.abort()
+
+        threads = [threading.Thread(target=guarded, args=(s,), daemon=True) for s in slots]
+        for thread in threads:
+            thread.start()
+        try:
+            self._barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        for thread in threads:
+            thread.join(self.duration + 2 * IO_TIMEOUT)
+        elapsed = time.perf_counter() - (self.deadline - self.duration)
+        if self._errors:
+            raise self._errors[0]
+        if any(thread.is_alive() for thread in threads):
+            raise TimeoutError(f"{what} did not finish")
+        return elapsed
 
 
 def markdown_table(rows: list[list[str]], right: set[int]) -> str:

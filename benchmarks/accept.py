@@ -42,13 +42,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 # A sibling module: run as a script, this file has the benchmarks directory on sys.path.
 from _harness import (
     ALL_LOOPS,
     IO_TIMEOUT,
+    ClientThreads,
     ServerProcess,
     ServerUsage,
     available_loops,
@@ -115,49 +115,25 @@ def client_run(row: str, address: str, threads: int, duration: float) -> dict[st
     family = socket.AF_INET if row == "tcp" else socket.AF_UNIX
     target: object = ("127.0.0.1", int(address)) if row == "tcp" else address
     counts = [0] * threads
-    errors: list[BaseException] = []
-    deadline = [0.0]
-
-    def start_clock() -> None:
-        deadline[0] = time.perf_counter() + duration
-
-    barrier = threading.Barrier(threads + 1, action=start_clock, timeout=IO_TIMEOUT)
+    clients = ClientThreads(threads, duration)
 
     def worker(slot: int) -> None:
-        try:
-            barrier.wait()
-            end = deadline[0]
-            done = 0
-            perf_counter = time.perf_counter
-            while perf_counter() < end:
-                with socket.socket(family, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(IO_TIMEOUT)
-                    sock.connect(target)
-                    got = b""
-                    while chunk := sock.recv(64):
-                        got += chunk
-                if got != GREETING:
-                    raise AssertionError(f"the server sent {got!r}, not {GREETING!r}")
-                done += 1
-            counts[slot] = done
-        except BaseException as exc:  # reported to the parent below
-            errors.append(exc)
-            barrier.abort()
+        end = clients.ready()
+        done = 0
+        perf_counter = time.perf_counter
+        while perf_counter() < end:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(IO_TIMEOUT)
+                sock.connect(target)
+                got = b""
+                while chunk := sock.recv(64):
+                    got += chunk
+            if got != GREETING:
+                raise AssertionError(f"the server sent {got!r}, not {GREETING!r}")
+            done += 1
+        counts[slot] = done
 
-    workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
-    for t in workers:
-        t.start()
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:
-        pass
-    for t in workers:
-        t.join(duration + 2 * IO_TIMEOUT)
-    elapsed = time.perf_counter() - (deadline[0] - duration)
-    if errors:
-        raise errors[0]
-    if any(t.is_alive() for t in workers):
-        raise TimeoutError("a client thread did not finish")
+    elapsed = clients.run(worker, range(threads), "a client thread")
     return {"elapsed": elapsed, "connections": sum(counts)}
 
 

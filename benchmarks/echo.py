@@ -67,13 +67,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 # A sibling module: run as a script, this file has the benchmarks directory on sys.path.
 from _harness import (
     ALL_LOOPS,
     IO_TIMEOUT,
+    ClientThreads,
     ServerProcess,
     ServerUsage,
     available_loops,
@@ -226,55 +226,31 @@ def client_run(port: int, size: int, conns: int, duration: float) -> dict[str, o
     """Drive ``conns`` blocking connections for ``duration`` seconds; elapsed and latencies."""
     message = os.urandom(size)
     latencies: list[list[float]] = [[] for _ in range(conns)]
-    errors: list[BaseException] = []
-    deadline = [0.0]
-
-    def start_clock() -> None:  # run once, when every connection is up
-        deadline[0] = time.perf_counter() + duration
-
-    barrier = threading.Barrier(conns + 1, action=start_clock, timeout=IO_TIMEOUT)
+    clients = ClientThreads(conns, duration)
 
     def worker(slot: list[float]) -> None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                buf = bytearray(size)
-                view = memoryview(buf)
-                barrier.wait()  # the clock starts once every connection is up
-                end = deadline[0]
-                perf_counter = time.perf_counter
-                while True:
-                    start = perf_counter()
-                    if start >= end:
-                        return
-                    sock.sendall(message)
-                    got = 0
-                    while got < size:
-                        n = sock.recv_into(view[got:])
-                        if not n:
-                            raise ConnectionError("server closed the connection")
-                        got += n
-                    slot.append(perf_counter() - start)
-                    if buf != message:
-                        raise AssertionError("echo differs from the message")
-        except BaseException as exc:  # reported to the parent below
-            errors.append(exc)
-            barrier.abort()
+        with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buf = bytearray(size)
+            view = memoryview(buf)
+            end = clients.ready()  # the clock starts once every connection is up
+            perf_counter = time.perf_counter
+            while True:
+                start = perf_counter()
+                if start >= end:
+                    return
+                sock.sendall(message)
+                got = 0
+                while got < size:
+                    n = sock.recv_into(view[got:])
+                    if not n:
+                        raise ConnectionError("server closed the connection")
+                    got += n
+                slot.append(perf_counter() - start)
+                if buf != message:
+                    raise AssertionError("echo differs from the message")
 
-    threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in latencies]
-    for t in threads:
-        t.start()
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:
-        pass
-    for t in threads:
-        t.join(duration + 2 * IO_TIMEOUT)
-    elapsed = time.perf_counter() - (deadline[0] - duration)
-    if errors:
-        raise errors[0]
-    if any(t.is_alive() for t in threads):
-        raise TimeoutError("a client connection did not finish")
+    elapsed = clients.run(worker, latencies, "a client connection")
     return {"elapsed": elapsed, "latencies": [lat for slot in latencies for lat in slot]}
 
 

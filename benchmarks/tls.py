@@ -45,12 +45,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from _harness import (
     ALL_LOOPS,
     IO_TIMEOUT,
+    ClientThreads,
     ServerProcess,
     ServerUsage,
     available_loops,
@@ -152,13 +152,7 @@ def client_main(mode: str, port: int, size: int, conns: int, duration: float, ce
     context = client_context(cert)
     message = os.urandom(size)
     counts = [0] * conns
-    errors: list[BaseException] = []
-    deadline = [0.0]
-    barrier = threading.Barrier(
-        conns + 1,
-        action=lambda: deadline.__setitem__(0, time.perf_counter() + duration),
-        timeout=IO_TIMEOUT,
-    )
+    clients = ClientThreads(conns, duration)
 
     def connect() -> ssl.SSLSocket:
         sock = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
@@ -177,37 +171,20 @@ def client_main(mode: str, port: int, size: int, conns: int, duration: float, ce
             raise AssertionError("echo differs from the message")
 
     def worker(slot: int) -> None:
-        try:
-            if mode == "handshake":
-                barrier.wait()
-                while time.perf_counter() < deadline[0]:
-                    with connect() as tls:
-                        echo_once(tls, b"x")
-                        counts[slot] += 1
-                return
-            with connect() as tls:
-                barrier.wait()
-                while time.perf_counter() < deadline[0]:
-                    echo_once(tls, message)
+        if mode == "handshake":
+            end = clients.ready()
+            while time.perf_counter() < end:
+                with connect() as tls:
+                    echo_once(tls, b"x")
                     counts[slot] += 1
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()
+            return
+        with connect() as tls:
+            end = clients.ready()
+            while time.perf_counter() < end:
+                echo_once(tls, message)
+                counts[slot] += 1
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(conns)]
-    for thread in threads:
-        thread.start()
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:
-        pass
-    for thread in threads:
-        thread.join(duration + 2 * IO_TIMEOUT)
-    elapsed = time.perf_counter() - (deadline[0] - duration)
-    if errors:
-        raise errors[0]
-    if any(thread.is_alive() for thread in threads):
-        raise TimeoutError("a client connection did not finish")
+    elapsed = clients.run(worker, range(conns), "a client connection")
     print(json.dumps({"elapsed": elapsed, "ops": sum(counts)}))
 
 

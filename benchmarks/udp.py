@@ -41,13 +41,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 # Sibling modules: run as a script, this file has the benchmarks directory on sys.path.
 from _harness import (
     ALL_LOOPS,
     IO_TIMEOUT,
+    ClientThreads,
     ServerProcess,
     ServerUsage,
     available_loops,
@@ -105,56 +105,32 @@ def server_main(kind: str) -> None:
 def client_run(port: int, size: int, clients: int, duration: float) -> dict[str, object]:
     """Drive ``clients`` blocking UDP sockets for ``duration`` seconds."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
-    deadline = [0.0]
-
-    def start_clock() -> None:  # run once, when every client is ready
-        deadline[0] = time.perf_counter() + duration
-
-    barrier = threading.Barrier(clients + 1, action=start_clock, timeout=IO_TIMEOUT)
+    threads = ClientThreads(clients, duration)
 
     def worker(slot: list[float]) -> None:
         message = os.urandom(size)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.settimeout(ECHO_TIMEOUT)
-                sock.connect(("127.0.0.1", port))
-                buf = bytearray(size + 1)  # one more: a longer echo is caught too
-                barrier.wait()
-                end = deadline[0]
-                perf_counter = time.perf_counter
-                while True:
-                    start = perf_counter()
-                    if start >= end:
-                        return
-                    sock.send(message)
-                    try:
-                        n = sock.recv_into(buf)
-                    except TimeoutError:
-                        raise RuntimeError(
-                            f"no echo within {ECHO_TIMEOUT:g} s (datagram lost)"
-                        ) from None
-                    slot.append(perf_counter() - start)
-                    if n != size or buf[:n] != message:
-                        raise AssertionError("echo differs from the datagram")
-        except BaseException as exc:  # reported to the parent below
-            errors.append(exc)
-            barrier.abort()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(ECHO_TIMEOUT)
+            sock.connect(("127.0.0.1", port))
+            buf = bytearray(size + 1)  # one more: a longer echo is caught too
+            end = threads.ready()
+            perf_counter = time.perf_counter
+            while True:
+                start = perf_counter()
+                if start >= end:
+                    return
+                sock.send(message)
+                try:
+                    n = sock.recv_into(buf)
+                except TimeoutError:
+                    raise RuntimeError(
+                        f"no echo within {ECHO_TIMEOUT:g} s (datagram lost)"
+                    ) from None
+                slot.append(perf_counter() - start)
+                if n != size or buf[:n] != message:
+                    raise AssertionError("echo differs from the datagram")
 
-    threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in latencies]
-    for t in threads:
-        t.start()
-    try:
-        barrier.wait()
-    except threading.BrokenBarrierError:
-        pass
-    for t in threads:
-        t.join(duration + 2 * IO_TIMEOUT)
-    elapsed = time.perf_counter() - (deadline[0] - duration)
-    if errors:
-        raise errors[0]
-    if any(t.is_alive() for t in threads):
-        raise TimeoutError("a client did not finish")
+    elapsed = threads.run(worker, latencies, "a client")
     return {"elapsed": elapsed, "latencies": [lat for slot in latencies for lat in slot]}
 
 
