@@ -34,7 +34,18 @@ def in_function(stack: str, name: str) -> bool:
 
 
 def native_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+    """The watchdog's threads in this process ("ferroloop-watchdog" and
+    "ferroloop-watchdog-report", which the kernel shortens to 15 characters). Counting
+    only them keeps other tests' threads, which may end at any time, out of the count."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        count += name.startswith("ferroloop-watch")
+    return count
 
 
 def threads_after_exit(expected: int, timeout: float = 5.0) -> int:
