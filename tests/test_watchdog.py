@@ -48,10 +48,11 @@ def native_threads() -> int:
     return count
 
 
-def threads_after_exit(expected: int, timeout: float = 5.0) -> int:
-    """The thread count once it reaches ``expected`` (or ``timeout`` passes). A joined
-    thread can stay listed in /proc/self/task for a moment: the kernel wakes its joiner
-    before it removes the task."""
+def threads_settled(expected: int, timeout: float = 5.0) -> int:
+    """The watchdog thread count once it reaches ``expected`` (or ``timeout`` passes). A
+    new thread names itself only once it runs, and a joined one can stay listed in
+    /proc/self/task for a moment: the kernel wakes its joiner before it removes the
+    task."""
     deadline = time.monotonic() + timeout
     while (count := native_threads()) != expected and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -285,21 +286,21 @@ def test_threads_end_with_run_forever(watchdog):
         loop.set_watchdog(0.5)
 
         async def check():
-            return native_threads()
+            return threads_settled(before + 2)
 
         during = loop.run_until_complete(check())
         assert during == before + 2
-        assert threads_after_exit(before) == before
+        assert threads_settled(before) == before
 
         # Turned off while running: its threads go at once (joined before it returns).
         async def turn_off():
             asyncio.get_running_loop().set_watchdog(None)
-            return threads_after_exit(before)
+            return threads_settled(before)
 
         assert loop.run_until_complete(turn_off()) == before
     finally:
         loop.close()
-    assert threads_after_exit(before) == before
+    assert threads_settled(before) == before
 
 
 def test_callback_raising_is_logged(caplog, watchdog):
